@@ -63,7 +63,8 @@ def default_dtype(device: str | None = None) -> torch.dtype:
 
 
 def hub_offline_requested() -> bool:
-    return any(os.environ.get(v, "").lower() in ("1", "true", "yes") for v in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"))
+    flags = (os.environ.get(v, "").lower() for v in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"))
+    return any(flag in ("1", "true", "yes") for flag in flags)
 
 
 @cache

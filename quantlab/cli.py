@@ -1,0 +1,47 @@
+"""The ``quantlab`` command: ``quantlab env`` and ``quantlab compare``."""
+
+import argparse
+import sys
+
+from quantlab.errors import QuantlabError
+
+
+def _env(args) -> None:
+    from quantlab.env import report
+
+    print(report())
+
+
+def _compare(args) -> None:
+    from quantlab.compare import run
+
+    run(model_id=args.model, methods_csv=args.methods, eval_source=args.eval_text, out_dir=args.out,
+        quick=args.quick, compile_decode=args.compile)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="quantlab", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    sub.add_parser("env", help="versions, hardware and which methods can run here").set_defaults(func=_env)
+    compare = sub.add_parser("compare", help="quantize and measure every method on one model")
+    compare.add_argument("--model", default=None, help="hub id or local folder (default: SmolLM2-135M-Instruct)")
+    compare.add_argument("--methods", default=None,
+                         help="comma-separated method names (default: all; see `quantlab env`)")
+    compare.add_argument("--eval-text", default="shakespeare",
+                         help="evaluation text: shakespeare (offline), wikitext2 or c4 (online)")
+    compare.add_argument("--out", default="results", help="output folder for results.json/.md and plots")
+    compare.add_argument("--quick", action="store_true", help="small evaluation, for tests and smoke runs")
+    compare.add_argument("--compile", action="store_true",
+                         help="also measure decode with a static KV cache and torch.compile (GPU)")
+    compare.set_defaults(func=_compare)
+    return parser
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        args.func(args)
+    except QuantlabError as err:
+        print(f"quantlab: {err}", file=sys.stderr)
+        return 2
+    return 0

@@ -1,0 +1,257 @@
+"""One registry of quantization methods, each loaded with the real library calls (notebooks/09).
+
+Every entry takes the baseline checkpoint folder and returns a loaded model. The quantization calls
+are the same ones the method's own notebook teaches (``BitsAndBytesConfig``, ``GPTQConfig``,
+gptqmodel's ``AWQConfig``/``RTNConfig``, gguf-py); this module only adds caching and timing around
+them, so ``quantlab compare`` measures exactly what a reader would run.
+
+Quantized checkpoints are cached under ``<cache>/quantized/<model>/<method>-<settings hash>/``,
+written to a temporary folder and renamed into place.
+"""
+
+import hashlib
+import importlib.util
+import json
+import shutil
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+
+from quantlab import memory
+from quantlab.errors import QuantlabError
+from quantlab.models import ModelSource, cache_dir
+
+
+@dataclass(frozen=True)
+class Settings:
+    """What a quantized checkpoint depends on besides the model and the method."""
+
+    device: str = "cpu"
+    dtype: str = "float32"  # the baseline's dtype; also the dtype of what stays unquantized
+    calib_source: str = "shakespeare"
+    calib_samples: int = 128
+    calib_seq_len: int = 512
+    seed: int = 0
+
+    @property
+    def torch_dtype(self) -> torch.dtype:
+        return getattr(torch, self.dtype)
+
+    def cache_key(self) -> str:
+        fields = {k: v for k, v in asdict(self).items() if k != "device"}
+        return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:10]
+
+
+@dataclass
+class Built:
+    """A loaded model plus what it took to make it."""
+
+    model: torch.nn.Module
+    quantize_seconds: float | None  # None for the baseline
+    checkpoint: Path | None  # what is on disk (folder or .gguf file), for its size
+    note: str = ""
+
+
+@dataclass(frozen=True)
+class Method:
+    name: str
+    description: str
+    hardware: str
+    weight_format: memory.WeightFormat
+    build: Callable[[ModelSource, Settings], Built]
+    requires: tuple[str, ...] = ()  # importable module names
+    install_hint: str = ""
+    cuda_only: bool = False
+    extra: dict = field(default_factory=dict)
+
+    def unavailable_reason(self, device: str | None = None) -> str | None:
+        """None when the method can run here, else why not and what to do."""
+        missing = [m for m in self.requires if importlib.util.find_spec(m) is None]
+        if missing:
+            return f"needs {', '.join(missing)}: {self.install_hint or 'pip install -r requirements.txt'}"
+        if self.cuda_only and not (torch.cuda.is_available() and (device or "cuda").startswith("cuda")):
+            return "needs an NVIDIA GPU (CUDA)"
+        return None
+
+
+# --- caching -----------------------------------------------------------------------------------------
+
+
+def quantized_dir(src: ModelSource, method: str, settings: Settings) -> Path:
+    slug = src.model_id.replace("/", "--")
+    return cache_dir() / "quantized" / slug / f"{method}-{settings.cache_key()}"
+
+
+def cached_or_quantize(target: Path, quantize: Callable[[Path], None]) -> float:
+    """Run ``quantize(tmp_folder)`` unless ``target`` exists; return the quantization seconds
+    (measured now, or read back from the cache's ``quantlab.json``)."""
+    meta = target / "quantlab.json"
+    if meta.is_file():
+        return json.loads(meta.read_text())["quantize_seconds"]
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=".tmp-", dir=target.parent))
+    try:
+        start = time.perf_counter()
+        quantize(tmp)
+        seconds = time.perf_counter() - start
+        (tmp / "quantlab.json").write_text(json.dumps({"quantize_seconds": seconds}))
+        shutil.rmtree(target, ignore_errors=True)
+        tmp.rename(target)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return seconds
+
+
+def _load_checkpoint(path: Path, settings: Settings, **kwargs):
+    from transformers import AutoModelForCausalLM
+
+    return AutoModelForCausalLM.from_pretrained(path, device_map=settings.device, **kwargs).eval()
+
+
+def _calibration_texts(src: ModelSource, settings: Settings) -> list[str]:
+    from transformers import AutoTokenizer
+
+    from quantlab import data
+
+    tokenizer = AutoTokenizer.from_pretrained(src.path)
+    return data.calibration_texts(tokenizer, settings.calib_samples, settings.calib_seq_len, settings.seed,
+                                  source=settings.calib_source)
+
+
+# --- builders: one per method family ------------------------------------------------------------------
+
+
+def build_baseline(src: ModelSource, s: Settings) -> Built:
+    model = _load_checkpoint(Path(src.path), s, dtype=s.torch_dtype)
+    return Built(model, None, Path(src.path) if Path(src.path).is_dir() else None)
+
+
+def _bnb_builder(make_config: Callable[[Settings], object]) -> Callable[[ModelSource, Settings], Built]:
+    """bitsandbytes quantizes while loading; the load is timed as the quantization."""
+
+    def build(src: ModelSource, s: Settings) -> Built:
+        start = time.perf_counter()
+        model = _load_checkpoint(Path(src.path), s, dtype=s.torch_dtype, quantization_config=make_config(s))
+        seconds = time.perf_counter() - start
+        saved = Path(tempfile.mkdtemp(prefix="quantlab-bnb-"))  # saved only to measure its size on disk
+        model.save_pretrained(saved)
+        return Built(model, seconds, saved, "quantized on load; checkpoint saved to measure its size")
+
+    return build
+
+
+def bnb_int8_config(s: Settings):
+    from transformers import BitsAndBytesConfig
+
+    return BitsAndBytesConfig(load_in_8bit=True)
+
+
+def bnb_4bit_config(quant_type: str, double_quant: bool):
+    def make(s: Settings):
+        from transformers import BitsAndBytesConfig
+
+        return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type=quant_type,
+                                  bnb_4bit_use_double_quant=double_quant, bnb_4bit_compute_dtype=s.torch_dtype)
+
+    return make
+
+
+def build_gptq(src: ModelSource, s: Settings, bits: int = 4, group_size: int = 128) -> Built:
+    """transformers' GPTQConfig (optimum + gptqmodel underneath), calibrated on offline text."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer, GPTQConfig
+
+    def quantize(out: Path) -> None:
+        tokenizer = AutoTokenizer.from_pretrained(src.path)
+        config = GPTQConfig(bits=bits, group_size=group_size, dataset=_calibration_texts(src, s), tokenizer=tokenizer)
+        model = AutoModelForCausalLM.from_pretrained(src.path, quantization_config=config, dtype=torch.float16,
+                                                     device_map=s.device)
+        model.save_pretrained(out)
+
+    target = quantized_dir(src, f"gptq-int{bits}-g{group_size}", s)
+    seconds = cached_or_quantize(target, quantize)
+    return Built(_load_checkpoint(target, s), seconds, target)
+
+
+def _gptqmodel_builder(name: str, make_config: Callable[[], object], calibrated: bool):
+    """gptqmodel's own API (AWQ, RTN): load, quantize, save; transformers loads the result."""
+
+    def build(src: ModelSource, s: Settings) -> Built:
+        def quantize(out: Path) -> None:
+            from gptqmodel import BACKEND, GPTQModel
+
+            model = GPTQModel.load(src.path, make_config(), device=s.device)
+            calibration = _calibration_texts(src, s) if calibrated else None
+            backend = BACKEND.AWQ_TORCH if name.startswith("awq") and s.device == "cpu" else BACKEND.AUTO
+            model.quantize(calibration, backend=backend)
+            model.save(str(out))
+
+        target = quantized_dir(src, name, s)
+        seconds = cached_or_quantize(target, quantize)
+        return Built(_load_checkpoint(target, s), seconds, target)
+
+    return build
+
+
+def awq_config():
+    from gptqmodel import AWQConfig
+
+    return AWQConfig(bits=4, group_size=128)
+
+
+def rtn_config():
+    from gptqmodel import RTNConfig
+
+    return RTNConfig(bits=4, group_size=128)
+
+
+def _gguf_builder(qtype: str):
+    """Write a GGUF with gguf-py (quantlab.ggml.write_gguf), load it back through transformers."""
+
+    def build(src: ModelSource, s: Settings) -> Built:
+        from quantlab import ggml
+
+        target = quantized_dir(src, f"gguf-{qtype.lower()}", s)
+        seconds = cached_or_quantize(target, lambda out: ggml.write_gguf(src.path, out / "model.gguf", qtype))
+        model = _load_checkpoint(target, s, gguf_file="model.gguf", dtype=s.torch_dtype)
+        return Built(model, seconds, target / "model.gguf",
+                     "transformers dequantizes GGUF on load: memory is float, the file is the quantized size")
+
+    return build
+
+
+GPTQMODEL_HINT = "pip install optimum==2.3.0 gptqmodel==7.6.0 (see notebooks/01_setup)"
+BNB_HINT = "pip install bitsandbytes==0.50.2"
+
+METHODS = [
+    Method("baseline", "the unquantized model: fp32 on CPU, bf16/fp16 on GPU", "CPU or GPU",
+           memory.FLOAT_FORMATS["fp32"], build_baseline),
+    Method("bnb-int8", "bitsandbytes LLM.int8(): int8 weights, outlier features in 16 bit", "CPU or GPU",
+           memory.LLM_INT8, _bnb_builder(bnb_int8_config), ("bitsandbytes",), BNB_HINT),
+    Method("bnb-nf4", "bitsandbytes NF4 with double quantization (the QLoRA config)", "CPU or GPU",
+           memory.NF4_DOUBLE_QUANT, _bnb_builder(bnb_4bit_config("nf4", True)), ("bitsandbytes",), BNB_HINT),
+    Method("bnb-fp4", "bitsandbytes FP4, no double quantization", "CPU or GPU",
+           memory.NF4, _bnb_builder(bnb_4bit_config("fp4", False)), ("bitsandbytes",), BNB_HINT),
+    Method("rtn-int4", "round to nearest, int4 g128 on GPTQ's grid (gptqmodel RTNConfig): the control",
+           "CPU or GPU", memory.int_format(4, 128), _gptqmodel_builder("rtn-int4-g128", rtn_config, False),
+           ("gptqmodel",), GPTQMODEL_HINT),
+    Method("gptq-int4", "GPTQ int4 g128 via transformers GPTQConfig (optimum + gptqmodel)", "CPU or GPU",
+           memory.int_format(4, 128), build_gptq, ("gptqmodel", "optimum"), GPTQMODEL_HINT),
+    Method("awq-int4", "AWQ int4 g128 via gptqmodel AWQConfig (autoawq is deprecated)", "CPU or GPU",
+           memory.int_format(4, 128), _gptqmodel_builder("awq-int4-g128", awq_config, True),
+           ("gptqmodel",), GPTQMODEL_HINT),
+    Method("gguf-q8_0", "GGUF Q8_0 written with gguf-py, loaded by transformers", "CPU or GPU",
+           memory.gguf_format("Q8_0"), _gguf_builder("Q8_0"), ("gguf",), "pip install gguf==0.19.0"),
+    Method("gguf-q4_0", "GGUF Q4_0 written with gguf-py, loaded by transformers", "CPU or GPU",
+           memory.gguf_format("Q4_0"), _gguf_builder("Q4_0"), ("gguf",), "pip install gguf==0.19.0"),
+]
+REGISTRY = {m.name: m for m in METHODS}
+
+
+def get(name: str) -> Method:
+    if name not in REGISTRY:
+        raise QuantlabError(f"Unknown method {name!r}. Known: {', '.join(REGISTRY)}")
+    return REGISTRY[name]

