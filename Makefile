@@ -14,7 +14,7 @@ OUT        ?= results
 # Tests and notebooks run offline on the bundled model, the same on every machine.
 TEST_ENV := HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 MPLBACKEND=Agg PYTHONHASHSEED=0
 
-.PHONY: install run test unit notebooks lint sync clean
+.PHONY: install run test unit notebooks lint sync execute clean
 
 install: $(STAMP)
 
@@ -51,3 +51,7 @@ sync: $(STAMP)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache
+
+# Execute one notebook in place and refresh its pair: make execute NB=notebooks/01_setup.py
+execute: $(STAMP)
+	$(TEST_ENV) $(BIN)/jupytext --sync --execute $(NB)
