@@ -37,8 +37,8 @@ class Protocol:
         if quick:
             return cls(seq_len=256, eval_tokens=512, kl_tokens=512, prompt_tokens=32, new_tokens=8, repeats=1)
         if device.startswith("cuda"):
-            return cls(eval_tokens=65536, kl_tokens=8192, prompt_tokens=512, new_tokens=128, repeats=5)
-        return cls()
+            return cls(eval_tokens=16384, kl_tokens=4096, prompt_tokens=512, new_tokens=64, repeats=3)
+        return cls(kl_tokens=1024)
 
 
 def settings_for(device: str, quick: bool) -> methods.Settings:

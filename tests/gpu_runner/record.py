@@ -1,0 +1,58 @@
+"""Append one GPU-runner run to docs/gpu-runs.md from the files `run.sh suite` wrote (never by hand).
+
+Usage: python tests/gpu_runner/record.py OUT_DIR
+"""
+
+import datetime
+import json
+import sys
+import xml.etree.ElementTree as ET
+from collections import defaultdict
+from pathlib import Path
+
+from quantlab.compare import markdown_table
+
+RUNS = Path(__file__).resolve().parents[2] / "docs" / "gpu-runs.md"
+HEADER = """# Runs on the offline GPU runner
+
+Each section is appended by `tests/gpu_runner/record.py` from the output of `tests/gpu_runner/run.sh suite`.
+"""
+
+
+def notebook_times(junit: Path) -> dict[str, tuple[float, str]]:
+    """Per notebook: summed cell seconds and pass/fail, from nbval's junit XML (one test case per cell)."""
+    seconds, failed = defaultdict(float), defaultdict(bool)
+    for case in ET.parse(junit).iter("testcase"):
+        name = Path(case.get("file") or case.get("classname", "?").replace(".", "/")).name
+        seconds[name] += float(case.get("time", 0))
+        failed[name] |= case.find("failure") is not None or case.find("error") is not None
+    return {n: (seconds[n], "FAIL" if failed[n] else "pass") for n in sorted(seconds)}
+
+
+def section(out: Path) -> str:
+    env = (out / "env.txt").read_text()
+    versions = [line.strip() for line in env.splitlines()
+                if line.strip().split(" ")[0] in ("torch", "transformers", "gptqmodel", "bitsandbytes", "optimum")]
+    lines = [f"## {datetime.date.today()} · {(out / 'gpu.txt').read_text().strip()}", "",
+             "Versions: " + "; ".join(" ".join(v.split()) for v in versions), "", "Steps:", "```",
+             (out / "steps.txt").read_text().strip(), "```", ""]
+    if (out / "notebooks.xml").exists():
+        lines += ["| notebook | seconds | result |", "|---|---|---|"]
+        lines += [f"| {n} | {s:.0f} | {r} |" for n, (s, r) in notebook_times(out / "notebooks.xml").items()]
+        lines.append("")
+    results = out / "compare" / "results.json"
+    if results.exists():
+        data = json.loads(results.read_text())
+        lines += [f"Compare ({data['meta']['protocol']}):", "", markdown_table(data["results"]), ""]
+    return "\n".join(lines)
+
+
+def main(out_dir: str) -> None:
+    RUNS.parent.mkdir(exist_ok=True)
+    text = RUNS.read_text() if RUNS.exists() else HEADER
+    RUNS.write_text(text + "\n" + section(Path(out_dir)))
+    print(f"appended to {RUNS}")
+
+
+if __name__ == "__main__":
+    main(sys.argv[1])
