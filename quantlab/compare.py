@@ -8,12 +8,13 @@ against the baseline, prefill/decode speed and quantization time, and writes ``r
 
 import gc
 import json
+import logging
 import platform
 import time
-import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+import matplotlib.pyplot as plt
 import torch
 from tqdm.auto import tqdm
 
@@ -41,13 +42,14 @@ class Protocol:
         return cls(kl_tokens=1024)
 
 
-def settings_for(device: str, quick: bool) -> methods.Settings:
-    dtype = str(models.default_dtype(device)).removeprefix("torch.")
+def settings_for(device: str, quick: bool, config) -> methods.Settings:
+    common = {"device": device, "dtype": str(models.default_dtype(device)).removeprefix("torch."),
+              "group_size": methods.group_size_for(config)}
     if quick:
-        return methods.Settings(device=device, dtype=dtype, calib_samples=16, calib_seq_len=256)
+        return methods.Settings(**common, calib_samples=16, calib_seq_len=256)
     if device == "cpu":  # GPTQ/AWQ calibration is the slowest step on a CPU
-        return methods.Settings(device=device, dtype=dtype, calib_samples=32, calib_seq_len=512)
-    return methods.Settings(device=device, dtype=dtype)
+        return methods.Settings(**common, calib_samples=32, calib_seq_len=512)
+    return methods.Settings(**common)
 
 
 def kernel_name(model: torch.nn.Module) -> str:
@@ -74,7 +76,8 @@ def measure_method(method: methods.Method, src: models.ModelSource, settings: me
     model = built.model
     keep_dtype = model.get_input_embeddings().weight.dtype
     weight = memory.weight_bytes(model)
-    theoretical = memory.estimate_model_bytes(baseline["structure"], method.weight_format, keep_dtype.itemsize)
+    fmt = method.weight_format(settings)
+    theoretical = memory.estimate_model_bytes(baseline["inventory"], fmt, keep_dtype.itemsize)
     row.update(
         status="ok", kernel=kernel_name(model), dtype=str(keep_dtype).removeprefix("torch."),
         weight_mb=weight / memory.MB, theoretical_mb=theoretical / memory.MB,
@@ -83,7 +86,7 @@ def measure_method(method: methods.Method, src: models.ModelSource, settings: me
         quantize_s=built.quantize_seconds, note=built.note,
     )
     if abs(weight - theoretical) > 0.05 * theoretical and not built.note:
-        row["note"] = f"measured differs from the {method.weight_format.name} estimate by >5%"
+        row["note"] = f"measured differs from the {fmt.name} estimate by >5%"
     with memory.measure_peak(settings.device) as eval_peak:
         row["ppl"] = evaluate.perplexity(model, eval_ids, protocol.seq_len).ppl
         kl = evaluate.kl_divergence(model, baseline["logprobs"], eval_ids, protocol.seq_len)
@@ -108,7 +111,7 @@ def _baseline_reference(src, settings, protocol, eval_ids, compile_decode) -> di
     reference = {
         "logprobs": evaluate.baseline_logprobs(built.model, eval_ids, protocol.seq_len, protocol.kl_tokens),
         "n_parameters": memory.count_parameters(built.model),
-        "structure": built.model.to("meta"),
+        "inventory": memory.inventory(built.model),
         "compile_decode": compile_decode,
     }
     return reference
@@ -117,17 +120,19 @@ def _baseline_reference(src, settings, protocol, eval_ids, compile_decode) -> di
 def run(model_id=None, methods_csv=None, eval_source="shakespeare", out_dir="results", quick=False,
         compile_decode=False, device=None) -> list[dict]:
     """Run the comparison and write results.json, results.md and plots into ``out_dir``."""
-    from transformers import AutoTokenizer
+    from transformers import AutoConfig, AutoTokenizer
 
     from quantlab import data
 
-    warnings.filterwarnings("ignore", message=".*MatMul8bitLt.*")
+    # bitsandbytes logs "MatMul8bitLt: inputs will be cast ... to float16" on every int8 matmul
+    logging.getLogger("bitsandbytes.autograd._functions").setLevel(logging.ERROR)
     device = device or models.default_device()
-    protocol, settings = Protocol.for_device(device, quick), settings_for(device, quick)
     names = methods_csv.split(",") if methods_csv else list(methods.REGISTRY)
     chosen = [methods.get(n.strip()) for n in names]
     src = models.resolve(model_id)
     tokenizer = AutoTokenizer.from_pretrained(src.path)
+    protocol = Protocol.for_device(device, quick)
+    settings = settings_for(device, quick, AutoConfig.from_pretrained(src.path))
     eval_ids = data.eval_token_ids(tokenizer, protocol.eval_tokens, source=eval_source)
     started = time.time()
     baseline = _baseline_reference(src, settings, protocol, eval_ids, compile_decode)
@@ -190,9 +195,9 @@ def write_outputs(rows: list[dict], meta: dict, out: Path) -> None:
             f"{meta['date']} on {meta['hardware'].get('gpu', 'CPU')} ({meta['device']}); eval text "
             f"{meta['eval_text']}, protocol {meta['protocol']}.", "", markdown_table(rows), "", *notes]
     _write_atomic(out / "results.md", "\n".join(text) + "\n")
-    plot.ppl_vs_bits(rows, out / "ppl_vs_bits.png")
-    plot.memory_bars(rows, out / "memory.png")
-    plot.decode_speed_bars(rows, out / "decode_speed.png")
+    for draw, name in ((plot.ppl_vs_bits, "ppl_vs_bits.png"), (plot.memory_bars, "memory.png"),
+                       (plot.decode_speed_bars, "decode_speed.png")):
+        plt.close(draw(rows, out / name))
 
 
 def _write_atomic(path: Path, text: str) -> None:

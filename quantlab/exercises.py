@@ -9,9 +9,7 @@ def check(name: str, answer, expected, rel: float = 0.01) -> None:
     if answer is None:
         print(f"{name}: not answered yet")
         return
-    if isinstance(expected, int | float):
-        ok = abs(answer - expected) <= rel * abs(expected)
-    else:
-        ok = answer == expected
+    numeric = isinstance(expected, int | float)
+    ok = abs(answer - expected) <= rel * abs(expected) if numeric else answer == expected
     assert ok, f"{name}: {answer!r} is not right yet, try again"
     print(f"{name}: correct")

@@ -35,10 +35,18 @@ def _extra_quant_tensors(param: torch.Tensor) -> Iterator[torch.Tensor]:
         state = getattr(state, "state2", None)
 
 
+def _module_state_tensors(model: nn.Module) -> Iterator[torch.Tensor]:
+    """bitsandbytes' Linear8bitLt moves SCB from its weight into ``module.state`` on its first forward."""
+    for module in model.modules():
+        scb = getattr(getattr(module, "state", None), "SCB", None)
+        if isinstance(scb, torch.Tensor):
+            yield scb
+
+
 def _unique_tensors(model: nn.Module) -> Iterator[torch.Tensor]:
     """Every parameter, buffer and bitsandbytes side tensor once (tied weights share storage)."""
     seen = set()
-    for tensor in [*model.parameters(), *model.buffers()]:
+    for tensor in [*model.parameters(), *model.buffers(), *_module_state_tensors(model)]:
         for t in (tensor, *_extra_quant_tensors(tensor)):
             if t.device.type == "meta":
                 continue
@@ -184,21 +192,30 @@ def is_quantized_by_default(name: str, module: nn.Module) -> bool:
     return isinstance(module, nn.Linear) and not name.endswith("lm_head")
 
 
-def estimate_model_bytes(model: nn.Module, fmt: WeightFormat, keep_bytes_per_value: float = 2.0,
+@dataclass(frozen=True)
+class Inventory:
+    """What a size estimate needs to know about a model: its quantizable weight matrices and the rest."""
+
+    linear_weights: tuple[tuple[int, int], ...]  # (in_features, number of weights) per quantizable Linear
+    other_values: int  # every other parameter and buffer value, each tied tensor once
+
+
+def inventory(model: nn.Module, quantized=is_quantized_by_default) -> Inventory:
+    """Take stock of ``model`` (a loaded float model, or one on the meta device)."""
+    linear = {id(m.weight): (m.in_features, m.weight.numel())
+              for name, m in model.named_modules() if quantized(name, m)}
+    unique = {id(t): t for t in [*model.parameters(), *model.buffers()]}
+    other = sum(t.numel() for key, t in unique.items() if key not in linear)
+    return Inventory(tuple(linear.values()), other)
+
+
+def estimate_model_bytes(model: nn.Module | Inventory, fmt: WeightFormat, keep_bytes_per_value: float = 2.0,
                          quantized=is_quantized_by_default) -> int:
     """Theoretical bytes of ``model`` with its quantizable Linear weights stored in ``fmt``.
 
     Everything else (embeddings, tied or separate ``lm_head``, norms, biases, buffers) is counted at
-    ``keep_bytes_per_value`` (2 for 16-bit, 4 for fp32). Works on a meta-device model too.
+    ``keep_bytes_per_value`` (2 for 16-bit, 4 for fp32). Takes a model or its :func:`inventory`.
     """
-    quantized_weights = {}
-    for name, module in model.named_modules():
-        if quantized(name, module):
-            quantized_weights[id(module.weight)] = fmt.bits_per_weight(module.in_features) / 8
-    total, seen = 0.0, set()
-    for tensor in [*model.parameters(), *model.buffers()]:
-        if id(tensor) in seen:
-            continue
-        seen.add(id(tensor))
-        total += tensor.numel() * quantized_weights.get(id(tensor), keep_bytes_per_value)
-    return round(total)
+    stock = model if isinstance(model, Inventory) else inventory(model, quantized)
+    linear = sum(n * fmt.bits_per_weight(in_features) / 8 for in_features, n in stock.linear_weights)
+    return round(linear + stock.other_values * keep_bytes_per_value)

@@ -36,6 +36,7 @@ class Settings:
     calib_samples: int = 128
     calib_seq_len: int = 512
     seed: int = 0
+    group_size: int = 128  # int4 methods; see group_size_for()
 
     @property
     def torch_dtype(self) -> torch.dtype:
@@ -61,7 +62,7 @@ class Method:
     name: str
     description: str
     hardware: str
-    weight_format: memory.WeightFormat
+    weight_format: Callable[[Settings], memory.WeightFormat]  # the storage format, for the size estimate
     build: Callable[[ModelSource, Settings], Built]
     requires: tuple[str, ...] = ()  # importable module names
     install_hint: str = ""
@@ -76,6 +77,16 @@ class Method:
         if self.cuda_only and not (torch.cuda.is_available() and (device or "cuda").startswith("cuda")):
             return "needs an NVIDIA GPU (CUDA)"
         return None
+
+
+def group_size_for(config) -> int:
+    """128, the usual int4 group, unless the model's widths are not multiples of it.
+
+    gptqmodel's fast int4 kernels (TorchAten on CPU, Marlin on GPU) need whole groups: SmolLM2-135M's hidden
+    size 576 is 4.5 groups of 128, so it gets groups of 64 (its slower pure-torch kernel would accept 128).
+    """
+    widths = (config.hidden_size, config.intermediate_size)
+    return next(g for g in (128, 64, 32, 16) if all(w % g == 0 for w in widths))
 
 
 # --- caching -----------------------------------------------------------------------------------------
@@ -160,52 +171,54 @@ def bnb_4bit_config(quant_type: str, double_quant: bool):
     return make
 
 
-def build_gptq(src: ModelSource, s: Settings, bits: int = 4, group_size: int = 128) -> Built:
+def build_gptq(src: ModelSource, s: Settings) -> Built:
     """transformers' GPTQConfig (optimum + gptqmodel underneath), calibrated on offline text."""
     from transformers import AutoModelForCausalLM, AutoTokenizer, GPTQConfig
 
     def quantize(out: Path) -> None:
         tokenizer = AutoTokenizer.from_pretrained(src.path)
-        config = GPTQConfig(bits=bits, group_size=group_size, dataset=_calibration_texts(src, s), tokenizer=tokenizer)
-        model = AutoModelForCausalLM.from_pretrained(src.path, quantization_config=config, dtype=torch.float16,
+        config = GPTQConfig(bits=4, group_size=s.group_size, dataset=_calibration_texts(src, s), tokenizer=tokenizer)
+        # float32 on a CPU: its float16 matmuls are far slower
+        dtype = torch.float32 if s.device == "cpu" else torch.float16
+        model = AutoModelForCausalLM.from_pretrained(src.path, quantization_config=config, dtype=dtype,
                                                      device_map=s.device)
         model.save_pretrained(out)
 
-    target = quantized_dir(src, f"gptq-int{bits}-g{group_size}", s)
+    target = quantized_dir(src, f"gptq-int4-g{s.group_size}", s)
     seconds = cached_or_quantize(target, quantize)
     return Built(_load_checkpoint(target, s), seconds, target)
 
 
-def _gptqmodel_builder(name: str, make_config: Callable[[], object], calibrated: bool):
+def _gptqmodel_builder(name: str, make_config: Callable[[Settings], object], calibrated: bool):
     """gptqmodel's own API (AWQ, RTN): load, quantize, save; transformers loads the result."""
 
     def build(src: ModelSource, s: Settings) -> Built:
         def quantize(out: Path) -> None:
             from gptqmodel import BACKEND, GPTQModel
 
-            model = GPTQModel.load(src.path, make_config(), device=s.device)
+            model = GPTQModel.load(src.path, make_config(s), device=s.device)
             calibration = _calibration_texts(src, s) if calibrated else None
             backend = BACKEND.AWQ_TORCH if name.startswith("awq") and s.device == "cpu" else BACKEND.AUTO
             model.quantize(calibration, backend=backend)
             model.save(str(out))
 
-        target = quantized_dir(src, name, s)
+        target = quantized_dir(src, f"{name}-g{s.group_size}", s)
         seconds = cached_or_quantize(target, quantize)
         return Built(_load_checkpoint(target, s), seconds, target)
 
     return build
 
 
-def awq_config():
+def awq_config(s: Settings):
     from gptqmodel import AWQConfig
 
-    return AWQConfig(bits=4, group_size=128)
+    return AWQConfig(bits=4, group_size=s.group_size)
 
 
-def rtn_config():
+def rtn_config(s: Settings):
     from gptqmodel import RTNConfig
 
-    return RTNConfig(bits=4, group_size=128)
+    return RTNConfig(bits=4, group_size=s.group_size)
 
 
 def _gguf_builder(qtype: str):
@@ -226,27 +239,34 @@ def _gguf_builder(qtype: str):
 GPTQMODEL_HINT = "pip install optimum==2.3.0 gptqmodel==7.6.0 (see notebooks/01_setup)"
 BNB_HINT = "pip install bitsandbytes==0.50.2"
 
+def _fixed(fmt: memory.WeightFormat) -> Callable[[Settings], memory.WeightFormat]:
+    return lambda s: fmt
+
+
+def _int4(s: Settings) -> memory.WeightFormat:
+    return memory.int_format(4, s.group_size)
+
+
 METHODS = [
     Method("baseline", "the unquantized model: fp32 on CPU, bf16/fp16 on GPU", "CPU or GPU",
-           memory.FLOAT_FORMATS["fp32"], build_baseline),
+           lambda s: memory.FLOAT_FORMATS["bf16" if s.dtype == "bfloat16" else s.dtype.replace("float", "fp")],
+           build_baseline),
     Method("bnb-int8", "bitsandbytes LLM.int8(): int8 weights, outlier features in 16 bit", "CPU or GPU",
-           memory.LLM_INT8, _bnb_builder(bnb_int8_config), ("bitsandbytes",), BNB_HINT),
+           _fixed(memory.LLM_INT8), _bnb_builder(bnb_int8_config), ("bitsandbytes",), BNB_HINT),
     Method("bnb-nf4", "bitsandbytes NF4 with double quantization (the QLoRA config)", "CPU or GPU",
-           memory.NF4_DOUBLE_QUANT, _bnb_builder(bnb_4bit_config("nf4", True)), ("bitsandbytes",), BNB_HINT),
+           _fixed(memory.NF4_DOUBLE_QUANT), _bnb_builder(bnb_4bit_config("nf4", True)), ("bitsandbytes",), BNB_HINT),
     Method("bnb-fp4", "bitsandbytes FP4, no double quantization", "CPU or GPU",
-           memory.NF4, _bnb_builder(bnb_4bit_config("fp4", False)), ("bitsandbytes",), BNB_HINT),
-    Method("rtn-int4", "round to nearest, int4 g128 on GPTQ's grid (gptqmodel RTNConfig): the control",
-           "CPU or GPU", memory.int_format(4, 128), _gptqmodel_builder("rtn-int4-g128", rtn_config, False),
-           ("gptqmodel",), GPTQMODEL_HINT),
-    Method("gptq-int4", "GPTQ int4 g128 via transformers GPTQConfig (optimum + gptqmodel)", "CPU or GPU",
-           memory.int_format(4, 128), build_gptq, ("gptqmodel", "optimum"), GPTQMODEL_HINT),
-    Method("awq-int4", "AWQ int4 g128 via gptqmodel AWQConfig (autoawq is deprecated)", "CPU or GPU",
-           memory.int_format(4, 128), _gptqmodel_builder("awq-int4-g128", awq_config, True),
-           ("gptqmodel",), GPTQMODEL_HINT),
+           _fixed(memory.NF4), _bnb_builder(bnb_4bit_config("fp4", False)), ("bitsandbytes",), BNB_HINT),
+    Method("rtn-int4", "round to nearest, int4 on GPTQ's grid (gptqmodel RTNConfig): the control", "CPU or GPU",
+           _int4, _gptqmodel_builder("rtn-int4", rtn_config, False), ("gptqmodel",), GPTQMODEL_HINT),
+    Method("gptq-int4", "GPTQ int4 via transformers GPTQConfig (optimum + gptqmodel)", "CPU or GPU",
+           _int4, build_gptq, ("gptqmodel", "optimum"), GPTQMODEL_HINT),
+    Method("awq-int4", "AWQ int4 via gptqmodel AWQConfig (autoawq is deprecated)", "CPU or GPU",
+           _int4, _gptqmodel_builder("awq-int4", awq_config, True), ("gptqmodel",), GPTQMODEL_HINT),
     Method("gguf-q8_0", "GGUF Q8_0 written with gguf-py, loaded by transformers", "CPU or GPU",
-           memory.gguf_format("Q8_0"), _gguf_builder("Q8_0"), ("gguf",), "pip install gguf==0.19.0"),
+           _fixed(memory.gguf_format("Q8_0")), _gguf_builder("Q8_0"), ("gguf",), "pip install gguf==0.19.0"),
     Method("gguf-q4_0", "GGUF Q4_0 written with gguf-py, loaded by transformers", "CPU or GPU",
-           memory.gguf_format("Q4_0"), _gguf_builder("Q4_0"), ("gguf",), "pip install gguf==0.19.0"),
+           _fixed(memory.gguf_format("Q4_0")), _gguf_builder("Q4_0"), ("gguf",), "pip install gguf==0.19.0"),
 ]
 REGISTRY = {m.name: m for m in METHODS}
 

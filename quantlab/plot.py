@@ -1,4 +1,4 @@
-"""The compare job's figures (notebooks/09_memory_comparison); each function saves one PNG."""
+"""The compare job's figures (notebooks/09_memory_comparison); each returns a figure, saved when given a path."""
 
 from pathlib import Path
 
@@ -9,7 +9,7 @@ def _measured(rows: list[dict], key: str) -> list[dict]:
     return [r for r in rows if r.get("status") == "ok" and r.get(key) is not None]
 
 
-def ppl_vs_bits(rows: list[dict], path: Path) -> Path:
+def ppl_vs_bits(rows: list[dict], path: Path | None = None):
     """Perplexity against stored bits per weight: the lower-left corner is the Pareto front."""
     fig, ax = plt.subplots(figsize=(7, 4.5))
     for r in _measured(rows, "ppl"):
@@ -22,7 +22,7 @@ def ppl_vs_bits(rows: list[dict], path: Path) -> Path:
     return _save(fig, path)
 
 
-def _bars(rows: list[dict], key: str, label: str, title: str, path: Path) -> Path:
+def _bars(rows: list[dict], key: str, label: str, title: str, path: Path | None):
     measured = _measured(rows, key)
     fig, ax = plt.subplots(figsize=(7, 0.45 * len(measured) + 1.5))
     ax.barh([r["method"] for r in measured], [r[key] for r in measured], color="tab:blue")
@@ -32,16 +32,16 @@ def _bars(rows: list[dict], key: str, label: str, title: str, path: Path) -> Pat
     return _save(fig, path)
 
 
-def memory_bars(rows: list[dict], path: Path) -> Path:
+def memory_bars(rows: list[dict], path: Path | None = None):
     return _bars(rows, "weight_mb", "weight memory (MB, measured)", "Memory of the loaded weights", path)
 
 
-def decode_speed_bars(rows: list[dict], path: Path) -> Path:
+def decode_speed_bars(rows: list[dict], path: Path | None = None):
     return _bars(rows, "decode_tok_s", "decode tokens/s (batch 1, median)", "Decode speed", path)
 
 
-def _save(fig, path: Path) -> Path:
+def _save(fig, path: Path | None):
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    if path is not None:
+        fig.savefig(path, dpi=120)
+    return fig
