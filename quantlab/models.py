@@ -164,8 +164,10 @@ def convert_bundled_gguf() -> Path:
         print(f"quantlab: converting {gguf.name} to a float checkpoint in {target} (once, about a minute)")
         tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
         model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
-        # Off a kernel-less machine the weights are already dense; drop the GGUF marker so it saves.
-        model.hf_quantizer.remove_quantization_config(model)
+        # Off a kernel-less machine the weights are already dense; drop the GGUF marker so it saves
+        # (transformers 5.17 sets the marker, 5.15 sets none).
+        if getattr(model, "hf_quantizer", None) is not None:
+            model.hf_quantizer.remove_quantization_config(model)
         model.save_pretrained(tmp)
         tokenizer.clean_up_tokenization_spaces = False  # GGUF's BPE tokenizer; the cleanup would eat spaces
         tokenizer.save_pretrained(tmp)
