@@ -44,7 +44,8 @@ def test_metrics_rank_the_methods_sensibly(quick_results):
     assert rows["baseline"]["kl"] == pytest.approx(0, abs=1e-4)
     assert rows["bnb-int8"]["kl"] < rows["rtn-int4"]["kl"] / 5
     assert rows["gguf-q8_0"]["kl"] < rows["gguf-q4_0"]["kl"]
-    assert rows["bnb-nf4"]["bits_per_weight"] < rows["bnb-int8"]["bits_per_weight"] < rows["baseline"]["bits_per_weight"]
+    bits = {name: row["bits_per_weight"] for name, row in rows.items() if row["status"] == "ok"}
+    assert bits["bnb-nf4"] < bits["bnb-int8"] < bits["baseline"]
 
 
 def test_weight_memory_agrees_with_the_estimate_or_says_why(quick_results):

@@ -1,0 +1,542 @@
+"""GGUF by hand (introduced in notebooks/06_gguf): GGML block quantizers, a GGUF writer and a reader.
+
+* :func:`quantize_q8_0` / :func:`quantize_q4_0` and their dequantizers are from-scratch numpy versions
+  of llama.cpp's reference block quantizers; they give the same bytes as gguf-py's
+  ``gguf.quants.quantize`` (tests/test_ggml.py checks that, byte for byte).
+* :func:`write_gguf` turns a Llama-architecture checkpoint folder into a GGUF file with gguf-py's
+  ``GGUFWriter``, the way llama.cpp's ``convert_hf_to_gguf.py`` does for the types gguf-py can quantize.
+* :func:`tensor_table` and :func:`file_bits_per_weight` show what is inside a GGUF file.
+* :func:`quantize_with_llama_cpp` (K-quants such as Q4_K_M) and :func:`generate_with_llama_cpp`
+  (tokens/s in real llama.cpp) need the optional ``llama-cpp-python`` package.
+"""
+
+import json
+import os
+import re
+import sys
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import NamedTuple
+
+import numpy as np
+
+from quantlab.errors import QuantlabError
+
+BLOCK = 32  # weights per Q8_0 / Q4_0 block: one fp16 scale, then the 32 codes
+
+
+# --- reference block quantizers --------------------------------------------------------------------
+
+
+def _blocks(x: np.ndarray) -> np.ndarray:
+    """``x`` as float32 rows of one block each; the last axis must split into whole blocks."""
+    if x.ndim == 0 or x.shape[-1] % BLOCK:
+        raise QuantlabError(
+            f"GGML blocks hold {BLOCK} weights along the last axis, and shape {x.shape} does not split into "
+            f"them. Pad the rows to a multiple of {BLOCK}, or keep this tensor in F16 (as llama.cpp does)."
+        )
+    return x.astype(np.float32).reshape(-1, BLOCK)
+
+
+def _inverse(d: np.ndarray) -> np.ndarray:
+    """1/d in float32, and 0 where d is 0 (an all-zero block then gets all-zero codes)."""
+    return np.divide(np.float32(1), d, out=np.zeros_like(d), where=d != 0)
+
+
+def round_half_away(x: np.ndarray) -> np.ndarray:
+    """C's ``roundf``: halves go away from zero (numpy's ``np.round`` sends them to the even neighbour).
+
+    ``floor(|x| + 0.5)`` is not exact in float32 (0.49999997 + 0.5 rounds up to 1.0), so look at the
+    fraction instead, which float32 represents exactly.
+    """
+    whole = np.trunc(x)
+    return np.where(np.abs(x - whole) >= 0.5, whole + np.sign(x), whole)
+
+
+def _join(shape: tuple[int, ...], scale: np.ndarray, codes: np.ndarray) -> np.ndarray:
+    """Blocks laid out as GGML stores them: the fp16 scale's 2 bytes, then the packed codes."""
+    blocks = np.concatenate([scale.astype(np.float16).view(np.uint8), codes], axis=1)
+    return blocks.reshape(*shape[:-1], -1)
+
+
+def _split(data: np.ndarray, block_bytes: int) -> tuple[np.ndarray, np.ndarray, tuple[int, ...]]:
+    """Undo :func:`_join`: (float32 scale per block, code bytes, shape of the dequantized tensor)."""
+    data = np.asarray(data, dtype=np.uint8)
+    if data.ndim == 0 or data.shape[-1] % block_bytes:
+        raise QuantlabError(f"Rows of {data.shape[-1:]} bytes are not whole {block_bytes}-byte blocks.")
+    blocks = data.reshape(-1, block_bytes)
+    scale = blocks[:, :2].copy().view(np.float16).astype(np.float32)
+    return scale, blocks[:, 2:], (*data.shape[:-1], data.shape[-1] // block_bytes * BLOCK)
+
+
+def quantize_q8_0(x: np.ndarray) -> np.ndarray:
+    """Q8_0: per block of 32, scale ``d = max|x| / 127`` and int8 codes ``round(x * (1/d))``.
+
+    Multiplying by the reciprocal, as llama.cpp does, matters: ``x / d`` rounds to a different code for
+    about 1 weight in a million. 34 bytes per 32 weights (8.5 bits each). Returns uint8 with the last
+    axis in bytes.
+    """
+    blocks = _blocks(x)
+    d = np.abs(blocks).max(axis=1, keepdims=True) / np.float32(127)
+    codes = round_half_away(blocks * _inverse(d)).astype(np.int8)
+    return _join(x.shape, d, codes.view(np.uint8))
+
+
+def dequantize_q8_0(data: np.ndarray) -> np.ndarray:
+    """float32 weights back from Q8_0 bytes: code times the block's (fp16) scale."""
+    d, codes, shape = _split(data, 2 + BLOCK)
+    return (codes.view(np.int8) * d).reshape(shape)
+
+
+def quantize_q4_0(x: np.ndarray) -> np.ndarray:
+    """Q4_0: per block of 32, 4-bit codes 0..15 standing for -8..7 times the scale.
+
+    The scale maps the block's largest-magnitude weight, sign included, onto -8: int4 has one more
+    negative level than positive ones, and this way the extreme value uses it. Codes are
+    ``trunc(x * (1/d) + 8.5)`` (round half up, then shifted by 8), capped at 15. Two codes share a byte:
+    weight j in the low nibble, weight j + 16 in the high one. 18 bytes per 32 weights (4.5 bits each).
+    """
+    blocks = _blocks(x)
+    extreme = np.take_along_axis(blocks, np.abs(blocks).argmax(axis=1, keepdims=True), axis=1)
+    d = extreme / np.float32(-8)
+    codes = np.minimum(np.trunc(blocks * _inverse(d) + np.float32(8.5)), 15).astype(np.uint8)
+    return _join(x.shape, d, codes[:, : BLOCK // 2] | (codes[:, BLOCK // 2 :] << 4))
+
+
+def dequantize_q4_0(data: np.ndarray) -> np.ndarray:
+    """float32 weights back from Q4_0 bytes: (code - 8) times the block's (fp16) scale."""
+    d, packed, shape = _split(data, 2 + BLOCK // 2)
+    codes = np.concatenate([packed & 0x0F, packed >> 4], axis=1).astype(np.float32)
+    return ((codes - 8) * d).reshape(shape)
+
+
+# --- writing a GGUF file ---------------------------------------------------------------------------
+
+FLOAT_TYPES = ("F32", "F16", "BF16")
+BLOCK_TYPES = ("Q8_0", "Q5_1", "Q5_0", "Q4_1", "Q4_0")  # what gguf-py quantizes; K-quants need llama.cpp
+
+# Hugging Face Llama parameter names -> llama.cpp's (gguf-py's TensorNameMap holds the same table).
+_GGUF_NAMES = [
+    (r"model\.embed_tokens\.weight", "token_embd.weight"),
+    (r"model\.norm\.weight", "output_norm.weight"),
+    (r"lm_head\.weight", "output.weight"),
+    (r"model\.layers\.(\d+)\.input_layernorm\.weight", r"blk.\1.attn_norm.weight"),
+    (r"model\.layers\.(\d+)\.self_attn\.q_proj\.weight", r"blk.\1.attn_q.weight"),
+    (r"model\.layers\.(\d+)\.self_attn\.k_proj\.weight", r"blk.\1.attn_k.weight"),
+    (r"model\.layers\.(\d+)\.self_attn\.v_proj\.weight", r"blk.\1.attn_v.weight"),
+    (r"model\.layers\.(\d+)\.self_attn\.o_proj\.weight", r"blk.\1.attn_output.weight"),
+    (r"model\.layers\.(\d+)\.post_attention_layernorm\.weight", r"blk.\1.ffn_norm.weight"),
+    (r"model\.layers\.(\d+)\.mlp\.gate_proj\.weight", r"blk.\1.ffn_gate.weight"),
+    (r"model\.layers\.(\d+)\.mlp\.up_proj\.weight", r"blk.\1.ffn_up.weight"),
+    (r"model\.layers\.(\d+)\.mlp\.down_proj\.weight", r"blk.\1.ffn_down.weight"),
+]
+
+# GGUF's tokenizer.ggml.pre names the pre-tokenizer regex llama.cpp applies; transformers ignores it.
+# Matched on tokenizer.json's pre_tokenizer for the two byte-level BPE layouts we meet.
+_BYTE_LEVEL = {"type": "ByteLevel", "use_regex": True}
+_DIGITS = {"type": "Digits", "individual_digits": True}
+
+
+def gguf_name(hf_name: str) -> str:
+    """llama.cpp's name for a Hugging Face Llama parameter (``model.layers.3.mlp.up_proj.weight`` ->
+    ``blk.3.ffn_up.weight``)."""
+    for pattern, replacement in _GGUF_NAMES:
+        if re.fullmatch(pattern, hf_name):
+            return re.sub(pattern, replacement, hf_name)
+    raise QuantlabError(
+        f"write_gguf knows no GGUF name for {hf_name!r}: it converts plain Llama checkpoints (no biases, "
+        "no extra modules). For other architectures use llama.cpp's convert_hf_to_gguf.py."
+    )
+
+
+def permute_for_rope(weight: np.ndarray, n_head: int) -> np.ndarray:
+    """Reorder q/k projection rows the way llama.cpp's converter does for Llama.
+
+    Hugging Face rotates the first half of each head's dimensions against the second half; llama.cpp
+    rotates neighbouring pairs (0,1), (2,3), ... So within each head, rows ``[a0 a1 ... b0 b1 ...]``
+    become ``[a0 b0 a1 b1 ...]``. transformers' GGUF loader applies the inverse when it reads the file.
+    """
+    rows = weight.shape[0]
+    pairs = weight.reshape(n_head, 2, rows // n_head // 2, *weight.shape[1:])
+    return pairs.swapaxes(1, 2).reshape(weight.shape)
+
+
+def _check_qtype(qtype: str, allowed: tuple[str, ...], what: str) -> str:
+    qtype = qtype.upper()
+    if qtype not in allowed:
+        k_hint = " K-quants (Q4_K_M, ...) come from quantize_with_llama_cpp." if "_K" in qtype else ""
+        raise QuantlabError(f"{what} must be one of {', '.join(allowed)}, not {qtype!r}.{k_hint}")
+    return qtype
+
+
+def _encode(array: np.ndarray, qtype: str) -> tuple[np.ndarray, str]:
+    """``array`` in ``qtype`` (bytes for block types), or in F16 where its rows do not split into
+    whole blocks, as llama.cpp's converter falls back. Returns the data and the type it got."""
+    import gguf
+
+    gtype = gguf.GGMLQuantizationType[qtype]
+    block_weights = gguf.GGML_QUANT_SIZES[gtype][0]
+    if qtype in BLOCK_TYPES and array.shape[-1] % block_weights:
+        qtype, gtype = "F16", gguf.GGMLQuantizationType.F16
+    return gguf.quants.quantize(array, gtype), qtype
+
+
+def _tensor_type(hf_name: str, array: np.ndarray, qtype: str, embedding_qtype: str) -> str:
+    """1-D tensors (the RMSNorm weights) stay F32, as in every llama.cpp file; matrices get ``qtype``,
+    except the token embedding (and separate output head), which get ``embedding_qtype``."""
+    if array.ndim == 1:
+        return "F32"
+    if hf_name in ("model.embed_tokens.weight", "lm_head.weight"):
+        return embedding_qtype
+    return qtype
+
+
+def _read_checkpoint(checkpoint_dir: Path):
+    """Yield (name, float32 numpy array) for every tensor in the folder's safetensors files."""
+    from safetensors import safe_open
+
+    files = sorted(checkpoint_dir.glob("*.safetensors"))
+    if not files:
+        raise QuantlabError(
+            f"No *.safetensors file in {checkpoint_dir}. Pass a checkpoint folder such as "
+            "quantlab.models.resolve().path, or save one with model.save_pretrained(folder)."
+        )
+    for file in files:
+        with safe_open(file, framework="pt") as f:
+            for name in f.keys():  # noqa: SIM118 - safe_open is not a dict
+                yield name, f.get_tensor(name).float().numpy()
+
+
+def _llama_config(checkpoint_dir: Path):
+    from transformers import AutoConfig
+
+    config = AutoConfig.from_pretrained(checkpoint_dir)
+    if config.model_type != "llama":
+        raise QuantlabError(
+            f"write_gguf converts Llama-architecture checkpoints (SmolLM2, TinyLlama, Llama 2/3), and "
+            f"{checkpoint_dir} holds a {config.model_type!r} model. Use llama.cpp's convert_hf_to_gguf.py."
+        )
+    rope = getattr(config, "rope_parameters", None) or {"rope_theta": config.rope_theta}
+    if rope.get("rope_type", "default") != "default":
+        raise QuantlabError(
+            f"write_gguf writes plain RoPE only; this model uses {rope['rope_type']!r} RoPE scaling. "
+            "Use llama.cpp's convert_hf_to_gguf.py, which knows the scaling keys."
+        )
+    return config, rope["rope_theta"]
+
+
+def _add_hyperparameters(writer, config, rope_theta: float) -> None:
+    head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+    writer.add_context_length(config.max_position_embeddings)
+    writer.add_embedding_length(config.hidden_size)
+    writer.add_block_count(config.num_hidden_layers)
+    writer.add_feed_forward_length(config.intermediate_size)
+    writer.add_head_count(config.num_attention_heads)
+    writer.add_head_count_kv(config.num_key_value_heads)
+    writer.add_key_length(head_dim)
+    writer.add_value_length(head_dim)
+    writer.add_rope_dimension_count(head_dim)
+    writer.add_rope_freq_base(rope_theta)
+    writer.add_layer_norm_rms_eps(config.rms_norm_eps)
+    writer.add_vocab_size(config.vocab_size)
+
+
+def _pre_tokenizer_name(pre_tokenizer: dict | None) -> str:
+    """llama.cpp's name for a byte-level BPE pre-tokenizer: "gpt-2", or "smollm" when digits are split
+    one by one first (llama.cpp groups SmolLM with StarCoder there)."""
+
+    def matches(step: dict, pattern: dict) -> bool:
+        return all(step.get(k) == v for k, v in pattern.items())
+
+    steps = (pre_tokenizer or {}).get("pretokenizers", [pre_tokenizer or {}])
+    if len(steps) == 1 and matches(steps[0], _BYTE_LEVEL):
+        return "gpt-2"
+    if len(steps) == 2 and matches(steps[0], _DIGITS) and matches(steps[1], _BYTE_LEVEL):
+        return "smollm"
+    raise QuantlabError(
+        f"write_gguf does not know llama.cpp's name for the pre-tokenizer {json.dumps(pre_tokenizer)}. "
+        "Pass tokenizer_pre= (a name from llama.cpp's convert_hf_to_gguf.py, e.g. 'llama-bpe')."
+    )
+
+
+def _special_id(config, key: str, tokenizer_config: dict, vocab: dict) -> int | None:
+    """A special token id: the model config's (what generation uses), else the tokenizer's."""
+    value = getattr(config, key, None)
+    if isinstance(value, list):
+        value = value[0]
+    if value is None:
+        token = tokenizer_config.get(key.removesuffix("_id"))
+        value = vocab.get(token["content"] if isinstance(token, dict) else token)
+    return value
+
+
+def _add_tokenizer(writer, checkpoint_dir: Path, config, tokenizer_pre: str | None) -> None:
+    """Vocabulary, merges, special ids and chat template of a byte-level BPE ``tokenizer.json``."""
+    import gguf
+
+    path = checkpoint_dir / "tokenizer.json"
+    if not path.is_file():
+        raise QuantlabError(f"No tokenizer.json in {checkpoint_dir}; add it: tokenizer.save_pretrained().")
+    tok = json.loads(path.read_text())
+    model = tok["model"]
+    if model["type"] != "BPE":
+        raise QuantlabError(f"write_gguf writes byte-level BPE tokenizers (GPT-2 style), not {model['type']}")
+    # ids the tokenizer never produces (vocabularies padded to a round size) are named as llama.cpp does
+    tokens = [f"[PAD{i}]" for i in range(config.vocab_size)]
+    types = [gguf.TokenType.UNUSED] * config.vocab_size
+    vocab = dict(model["vocab"])
+    for token, index in vocab.items():
+        tokens[index], types[index] = token, gguf.TokenType.NORMAL
+    for added in tok.get("added_tokens", []):  # special ones (<|im_end|>) are CONTROL tokens to llama.cpp
+        tokens[added["id"]] = added["content"]
+        types[added["id"]] = gguf.TokenType.CONTROL if added["special"] else gguf.TokenType.USER_DEFINED
+        vocab[added["content"]] = added["id"]
+    merges = [m if isinstance(m, str) else " ".join(m) for m in model["merges"]]
+
+    config_path = checkpoint_dir / "tokenizer_config.json"
+    tokenizer_config = json.loads(config_path.read_text()) if config_path.is_file() else {}
+    template_path = checkpoint_dir / "chat_template.jinja"
+    template = template_path.read_text() if template_path.is_file() else tokenizer_config.get("chat_template")
+    post = tok.get("post_processor") or {}
+    adds_bos = any("SpecialToken" in step for step in post.get("single", []))
+
+    writer.add_tokenizer_model("gpt2")
+    writer.add_tokenizer_pre(tokenizer_pre or _pre_tokenizer_name(tok.get("pre_tokenizer")))
+    writer.add_token_list(tokens)
+    writer.add_token_types(types)
+    writer.add_token_merges(merges)
+    for key, add in [("bos_token_id", writer.add_bos_token_id), ("eos_token_id", writer.add_eos_token_id),
+                     ("pad_token_id", writer.add_pad_token_id)]:
+        token_id = _special_id(config, key, tokenizer_config, vocab)
+        if token_id is not None:
+            add(token_id)
+    if model.get("unk_token") in vocab:
+        writer.add_unk_token_id(vocab[model["unk_token"]])
+    writer.add_add_bos_token(adds_bos)
+    writer.add_add_space_prefix(False)  # byte-level BPE marks spaces itself; transformers reads this key
+    if template:
+        writer.add_chat_template(template)
+
+
+def write_gguf(checkpoint_dir: str | os.PathLike, out_path: str | os.PathLike, qtype: str = "Q8_0", *,
+               embedding_qtype: str | None = None, tokenizer_pre: str | None = None) -> Path:
+    """Convert a Llama-architecture checkpoint folder (safetensors + tokenizer.json) to a GGUF file.
+
+    ``qtype`` is the type of the 2-D weight matrices: F32, F16, BF16, or a block type gguf-py can
+    quantize (Q8_0, Q5_1, Q5_0, Q4_1, Q4_0). Norm weights stay F32. A matrix whose rows do not split
+    into whole blocks falls back to F16, as in llama.cpp's converter.
+
+    The token embedding is also the output head when embeddings are tied (SmolLM2). It gets
+    ``embedding_qtype``, which defaults to ``qtype`` for float files and to Q8_0 for block types:
+    llama.cpp's ``llama-quantize`` keeps the output matrix at 6+ bits too (Q6_K, or Q8_0 where the
+    rows are not a multiple of 256, as in the Q4_1 file bundled with SmolLM2).
+
+    ``tokenizer_pre`` overrides the pre-tokenizer name that llama.cpp uses to split text before BPE
+    (read from tokenizer.json by default). The file is written to a temporary name and renamed.
+    """
+    import gguf
+
+    checkpoint_dir, out_path = Path(checkpoint_dir), Path(out_path)
+    qtype = _check_qtype(qtype, FLOAT_TYPES + BLOCK_TYPES, "qtype")
+    default_embedding = qtype if qtype in FLOAT_TYPES else "Q8_0"
+    embedding_qtype = _check_qtype(embedding_qtype or default_embedding, FLOAT_TYPES + BLOCK_TYPES,
+                                   "embedding_qtype")
+    config, rope_theta = _llama_config(checkpoint_dir)
+
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out_path.with_name(f".{out_path.name}.{os.getpid()}.tmp")
+    writer = gguf.GGUFWriter(tmp, "llama")
+    try:
+        writer.add_name(checkpoint_dir.name)
+        writer.add_file_type(gguf.LlamaFileType[f"MOSTLY_{qtype}" if qtype != "F32" else "ALL_F32"])
+        writer.add_quantization_version(gguf.GGML_QUANT_VERSION)
+        _add_hyperparameters(writer, config, rope_theta)
+        _add_tokenizer(writer, checkpoint_dir, config, tokenizer_pre)
+        fallbacks = []
+        for hf_name, array in _read_checkpoint(checkpoint_dir):
+            if hf_name == "lm_head.weight" and config.tie_word_embeddings:
+                continue  # the same matrix as the embedding; llama.cpp reuses token_embd
+            if hf_name.endswith("q_proj.weight"):
+                array = permute_for_rope(array, config.num_attention_heads)
+            elif hf_name.endswith("k_proj.weight"):
+                array = permute_for_rope(array, config.num_key_value_heads)
+            wanted = _tensor_type(hf_name, array, qtype, embedding_qtype)
+            data, got = _encode(array, wanted)
+            if got != wanted:
+                fallbacks.append(hf_name)
+            writer.add_tensor(gguf_name(hf_name), data, raw_dtype=gguf.GGMLQuantizationType[got])
+        writer.write_header_to_file()
+        writer.write_kv_data_to_file()
+        writer.write_tensors_to_file()
+        writer.close()
+        os.replace(tmp, out_path)
+    finally:
+        writer.close()
+        tmp.unlink(missing_ok=True)
+    if fallbacks:
+        print(f"quantlab: {len(fallbacks)} matrices have rows that are not whole blocks and were kept in F16")
+    return out_path
+
+
+# --- reading one -----------------------------------------------------------------------------------
+
+
+class TensorRow(NamedTuple):
+    """One tensor of a GGUF file. ``shape`` is in PyTorch order (rows, columns); GGUF stores it reversed."""
+
+    name: str
+    type_name: str
+    shape: tuple[int, ...]
+    n_weights: int
+    n_bytes: int
+    bits_per_weight: float
+
+
+def tensor_table(gguf_path: str | os.PathLike) -> list[TensorRow]:
+    """Every tensor in a GGUF file with its type, shape and storage cost, in file order."""
+    import gguf
+
+    path = Path(gguf_path)
+    if not path.is_file():
+        raise QuantlabError(f"No GGUF file at {path}; write one with quantlab.ggml.write_gguf().")
+    rows = []
+    for t in gguf.GGUFReader(path).tensors:
+        n_weights, n_bytes = int(t.n_elements), int(t.n_bytes)
+        shape = tuple(int(n) for n in reversed(t.shape))
+        rows.append(TensorRow(t.name, t.tensor_type.name, shape, n_weights, n_bytes, 8 * n_bytes / n_weights))
+    return rows
+
+
+def file_bits_per_weight(gguf_path: str | os.PathLike) -> float:
+    """Average bits per weight over all tensor data (metadata such as the vocabulary not counted)."""
+    rows = tensor_table(gguf_path)
+    return 8 * sum(r.n_bytes for r in rows) / sum(r.n_weights for r in rows)
+
+
+# --- llama.cpp itself, through llama-cpp-python -----------------------------------------------------
+
+# Compiles llama.cpp (no prebuilt Linux wheel on PyPI): 900 CPU-seconds, so about 8 minutes on 2 idle
+# cores, once; pip then reuses the wheel from its cache (15 s). GGML_NATIVE=OFF makes a portable build
+# (AVX2, no -march=native); LLAVA_BUILD=OFF skips the multimodal library the notebooks do not use.
+LLAMA_CPP_VERSION = "0.3.36"
+INSTALL_LLAMA_CPP = (
+    f'CMAKE_ARGS="-DGGML_NATIVE=OFF -DLLAVA_BUILD=OFF" pip install llama-cpp-python=={LLAMA_CPP_VERSION}'
+)
+
+
+def _llama_cpp():
+    try:
+        import llama_cpp
+    except ImportError:
+        raise QuantlabError(
+            f"This step runs llama.cpp itself, through the llama-cpp-python package, which is not installed. "
+            f"Run: {INSTALL_LLAMA_CPP}   (it compiles llama.cpp: about 8 minutes on 2 idle CPU cores the "
+            "first time, seconds after that)."
+        ) from None
+    return llama_cpp
+
+
+@contextmanager
+def _llama_cpp_log(verbose: bool):
+    """Show or hide llama.cpp's log: part goes through llama-cpp-python's logger, part straight to the
+    process's stderr (file descriptor 2, which Jupyter also displays)."""
+    import logging
+
+    logging.getLogger("llama-cpp-python").setLevel(logging.DEBUG if verbose else logging.ERROR)
+    if verbose:
+        yield
+        return
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with open(os.devnull, "w") as devnull:
+        os.dup2(devnull.fileno(), 2)
+    try:
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+
+
+def quantize_with_llama_cpp(src: str | os.PathLike, dst: str | os.PathLike, ftype: str = "Q4_K_M", *,
+                            n_threads: int | None = None, verbose: bool = False) -> Path:
+    """Quantize a GGUF file (best an F16 or F32 one from :func:`write_gguf`) with llama.cpp's own
+    quantizer, the code behind its ``llama-quantize`` tool: K-quants such as Q4_K_M, Q5_K_M, Q6_K.
+
+    A K-quant file mixes types: Q4_K_M keeps some matrices (attn_v, ffn_down) at 6 bits. K-quant
+    blocks hold 256 weights, so rows of another length (576 in SmolLM2) fall back to a 32-weight type
+    (Q4_K -> Q5_0, Q6_K -> Q8_0); :func:`tensor_table` of the result shows what each tensor got.
+    ``verbose=True`` shows llama.cpp's per-tensor log.
+    """
+    import ctypes
+
+    llama_cpp = _llama_cpp()
+    src, dst = Path(src), Path(dst)
+    if not src.is_file():
+        raise QuantlabError(f"No GGUF file at {src}; write one with quantlab.ggml.write_gguf(..., 'F16').")
+    prefix = "LLAMA_FTYPE_MOSTLY_"
+    code = getattr(llama_cpp, prefix + ftype.upper(), None)
+    if code is None:
+        known = sorted(n.removeprefix(prefix) for n in dir(llama_cpp) if n.startswith(prefix))
+        raise QuantlabError(f"llama.cpp has no file type {ftype!r}; pick one of {', '.join(known)}.")
+    params = llama_cpp.llama_model_quantize_default_params()
+    params.ftype = code
+    params.nthread = n_threads or 0  # 0: every core
+    tmp = dst.with_name(f".{dst.name}.{os.getpid()}.tmp")
+    try:
+        with _llama_cpp_log(verbose):
+            status = llama_cpp.llama_model_quantize(bytes(src), bytes(tmp), ctypes.byref(params))
+        if status != 0:
+            raise QuantlabError(
+                f"llama.cpp could not quantize {src} to {ftype}. Start from an F16 or F32 file "
+                "(write_gguf(checkpoint, path, 'F16')); verbose=True shows llama.cpp's reason."
+            )
+        os.replace(tmp, dst)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return dst
+
+
+@dataclass(frozen=True)
+class LlamaCppRun:
+    """What :func:`generate_with_llama_cpp` measured."""
+
+    text: str
+    n_prompt_tokens: int
+    n_new_tokens: int
+    prompt_seconds: float  # reading the prompt and producing the first new token
+    tokens_per_second: float  # generation speed after the first new token
+
+
+def generate_with_llama_cpp(gguf_path: str | os.PathLike, prompt: str, max_new_tokens: int = 64, *,
+                            n_threads: int | None = None, n_ctx: int = 2048) -> LlamaCppRun:
+    """Greedy generation in llama.cpp on the CPU, timed token by token.
+
+    ``prompt`` may contain special tokens (``tokenizer.apply_chat_template(..., tokenize=False)``).
+    ``n_threads`` (for the prompt and for each new token) defaults to half the logical CPUs, as in
+    llama-cpp-python: one per physical core where cores are hyperthreaded. More threads than free cores
+    is much slower, not a little: on a busy 2-core machine, 2 threads made 3-10x fewer tokens/s than 1.
+    """
+    llama_cpp = _llama_cpp()
+    path = Path(gguf_path)
+    if not path.is_file():
+        raise QuantlabError(f"No GGUF file at {path}; write one with quantlab.ggml.write_gguf().")
+    threads = n_threads or max(1, (os.cpu_count() or 1) // 2)
+    llm = llama_cpp.Llama(model_path=str(path), n_ctx=n_ctx, n_threads=threads, n_threads_batch=threads,
+                          verbose=False, seed=0)
+    try:
+        prompt_ids = llm.tokenize(prompt.encode(), add_bos=True, special=True)
+        new_ids, times = [], []
+        start = time.perf_counter()
+        for token in llm.generate(prompt_ids, temp=0.0):
+            if token == llm.token_eos() or len(new_ids) == max_new_tokens:
+                break
+            new_ids.append(token)
+            times.append(time.perf_counter())
+        text = llm.detokenize(new_ids).decode(errors="replace")
+    finally:
+        llm.close()
+    first = times[0] if times else time.perf_counter()
+    speed = (len(times) - 1) / (times[-1] - times[0]) if len(times) > 1 else 0.0
+    return LlamaCppRun(text, len(prompt_ids), len(new_ids), first - start, speed)
