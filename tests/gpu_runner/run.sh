@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Runs on the offline GPU runner (device tool), from the repository root; see README.md beside this file.
 #   tests/gpu_runner/run.sh install-a   stage bundle part a, install its wheels, build pypcre
+#   tests/gpu_runner/run.sh install-c   install part c (llama-cpp-python)
 #   tests/gpu_runner/run.sh suite       join the model (part b), then unit tests, every notebook and
 #                                       `quantlab compare`, each under its own time limit; logs, junit XML,
 #                                       results and a summary row for docs/gpu-runs.md go to $OUT
@@ -21,6 +22,11 @@ install_a() {
     "$stage"/sdists/*.tar.gz
   "$python" -m ipykernel install --sys-prefix --name python3 > /dev/null
   touch "$stage/installed-a"
+}
+
+install_c() {
+  [ -f "$stage/installed-a" ] || { echo "part a is not installed here: run install-a first (within 30 s)"; exit 3; }
+  "$python" -m pip install -q --no-index --no-deps .gpu_bundle/c/*.whl
 }
 
 install_model() {
@@ -52,6 +58,7 @@ suite() {
 
 case "${1:-}" in
   install-a) install_a ;;
+  install-c) install_c ;;
   suite) suite ;;
-  *) echo "usage: $0 install-a | suite"; exit 2 ;;
+  *) echo "usage: $0 install-a | install-c | suite"; exit 2 ;;
 esac
