@@ -291,6 +291,13 @@ def test_llama_cpp_tokenizes_our_file_like_transformers(q4_k_m, default_model):
         assert vocab.tokenize(text.encode(), add_bos=True, special=True) == tokenizer(text).input_ids
 
 
+def test_llama_cpp_runs_the_files_write_gguf_makes(gguf_files):
+    pytest.importorskip("llama_cpp")
+    assert "Paris" in ggml.generate_with_llama_cpp(gguf_files["Q8_0"], PROMPT, max_new_tokens=16).text
+    words = ggml.generate_with_llama_cpp(gguf_files["Q4_0"], PROMPT, max_new_tokens=16).text.split()
+    assert len(words) >= 8 and all(w.isascii() for w in words)  # Q4_0 may miss Paris on a bare prompt
+
+
 def test_llama_cpp_generates_and_times_tokens(q4_k_m):
     run = ggml.generate_with_llama_cpp(q4_k_m, PROMPT, max_new_tokens=16)
     print(run)
