@@ -29,7 +29,7 @@
 #
 # | runtime | CPU (2 cores) | GPU |
 # |---|---|---|
-# | this notebook | about 15 min on 2 busy shared cores (5.5 min of CPU time; `make execute`) | not yet measured |
+# | this notebook | about 5 min (`make execute`); up to 15 min when other jobs share the cores | not yet measured |
 #
 # Every number in this series is measured when you run the cell, on your hardware. Nothing is typed in.
 
@@ -52,10 +52,13 @@ if IS_COLAB:
 # CPU machines (a worker count that works on 2 cores, and Python packing instead of a C++ extension that takes
 # a minute to compile). We also switch `torch.compile` off: gptqmodel's portable kernel (used below on a CPU)
 # compiles its dequantization separately for every layer at the first forward pass, which takes minutes on a
-# CPU and runs into torch's recompilation limit; eager mode gives the same numbers. The warnings silenced here
-# are harmless notices from torch, torchao and transformers.
+# CPU and runs into torch's recompilation limit; eager mode gives the same numbers. And we keep optimum's log at
+# warnings: tokenicer, a gptqmodel dependency, calls `logging.basicConfig(level=INFO)` when imported, after which
+# optimum logs two lines per quantized layer (hundreds of lines, enough to overflow the notebook's output
+# channel in a long cell). The warnings silenced here are harmless notices from torch, torchao and transformers.
 
 # %%
+import logging
 import warnings
 
 import torch
@@ -63,6 +66,7 @@ import torch
 import quantlab  # noqa: F401  (before gptqmodel: see above)
 
 torch._dynamo.config.disable = True  # no torch.compile (see above)
+logging.getLogger("optimum").setLevel(logging.WARNING)  # no per-layer INFO lines (see above)
 # %matplotlib inline
 
 warnings.filterwarnings("ignore", message=".*is deprecated.*")  # torch/torchao deprecation notices

@@ -27,7 +27,7 @@
 #
 # | runtime | CPU (2 cores) | GPU |
 # |---|---|---|
-# | this notebook | about 2 min with notebook 03's checkpoint, 7 without (`make execute`) | not yet measured |
+# | this notebook | about 1 min with notebook 03's checkpoint, 4 min without (`make execute`) | not yet measured |
 #
 # Every number in this series is measured when you run the cell, on your hardware. Nothing is typed in.
 
@@ -46,11 +46,13 @@ if IS_COLAB:
     pass
 
 # %% [markdown]
-# `import quantlab` comes before gptqmodel: it sets gptqmodel's environment for small CPU machines, and
+# `import quantlab` comes before gptqmodel: it sets gptqmodel's environment for small CPU machines.
 # `torch.compile` is switched off because gptqmodel's portable kernel would compile every layer separately
-# at the first forward pass, for minutes on a CPU (notebook 03).
+# at the first forward pass, for minutes on a CPU, and optimum's per-layer INFO lines are turned off (a
+# gptqmodel dependency switches INFO logging on for everything; notebook 03 says more).
 
 # %%
+import logging
 import warnings
 
 import torch
@@ -58,6 +60,7 @@ import torch
 import quantlab  # noqa: F401  (before gptqmodel)
 
 torch._dynamo.config.disable = True  # no torch.compile (see above)
+logging.getLogger("optimum").setLevel(logging.WARNING)  # no per-layer INFO lines (see above)
 
 warnings.filterwarnings("ignore", message=".*is deprecated.*")  # torch/torchao deprecation notices
 warnings.filterwarnings("ignore", message=".*You passed `quantization_config`.*")  # load with backend=, below
@@ -276,7 +279,7 @@ print("identical:", torch.equal(by_hand, by_gptqmodel))
 #
 # | backend | class | hardware | notes |
 # |---|---|---|---|
-# | `marlin` | `MarlinLinear` | NVIDIA GPU | fastest for batch 1 and small batches; symmetric grids only |
+# | `marlin` | `MarlinLinear` | NVIDIA GPU | repacks the codes for fast small-batch matmuls; symmetric grids only |
 # | `exllama_v2` | `ExllamaV2Linear` | NVIDIA GPU | 4 bit; inputs a multiple of 32 |
 # | `triton` | `TritonV2Linear` | NVIDIA GPU | 2/4/8 bit, needs the `triton` package |
 # | `torch_aten` | `TorchAtenLinear` | CPU | PyTorch's int4 CPU matmul, 4 bit |
@@ -366,7 +369,7 @@ print(f"of which the embedding:    {embedding.numel() * keep_bytes / 1e6:6.1f} M
 #   through optimum and gptqmodel. `facebook/opt-125m`, which the guide loads, is not one.
 # - Each layer stores int32-packed 4-bit codes (`qweight`, 8 per word, lowest bits first, along the inputs),
 #   packed zero points (`qzeros`), float16 `scales` and `g_idx`; v1 files store zero − 1, v2 files the zero.
-# - Our 10-line unpacking reproduces gptqmodel's dequantized weights exactly.
+# - A few lines of torch bit shifts (`quantlab.gptq`) reproduce gptqmodel's dequantized weights exactly.
 # - The kernel is chosen at load time (`backend=`); on a CPU with widths that are not multiples of the group size,
 #   ask for `backend="torch"`.
 #
