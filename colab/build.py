@@ -6,7 +6,9 @@ Each copy:
 
 - starts with a markdown cell saying it is generated, and from which source;
 - has the ``if IS_COLAB:`` block of its setup cell replaced by the install lines below, which add only what
-  Colab lacks and leave Colab's torch and numpy alone, so no session restart is needed;
+  Colab lacks and leave Colab's torch and numpy alone, so no session restart is needed; a notebook that
+  needs a build step of its own (06: llama-cpp-python) writes it in its block as a shell line (``!...``;
+  ``# !...`` in the jupytext .py), which the copy keeps;
 - asks Colab for a T4 GPU in its metadata;
 - has its relative links and images made absolute (GitHub URLs): Colab opens the notebook on its own;
 - has no outputs, execution counts or timestamps, so the file depends on the source notebook only.
@@ -76,7 +78,6 @@ def colab_setup(source: str, quantlab_spec: str = QUANTLAB_SPEC) -> str:
     """The setup cell with its ``if IS_COLAB:`` block replaced by :func:`install_lines` (added after the
     ``IS_COLAB = ...`` line if there is none). Everything else in the cell stays."""
     lines = source.splitlines()
-    block = ["if IS_COLAB:"] + ["    " + line for line in install_lines(quantlab_spec)]
     if "if IS_COLAB:" in lines:
         start = lines.index("if IS_COLAB:")
         end = start + 1
@@ -86,6 +87,9 @@ def colab_setup(source: str, quantlab_spec: str = QUANTLAB_SPEC) -> str:
             end -= 1
     else:
         start = end = lines.index(SETUP_MARKER) + 1
+    own_commands = [line.strip().removeprefix("# ") for line in lines[start + 1:end]
+                    if line.strip().removeprefix("# ").startswith("!")]
+    block = ["if IS_COLAB:"] + ["    " + line for line in install_lines(quantlab_spec) + own_commands]
     return "\n".join(lines[:start] + block + lines[end:])
 
 

@@ -378,6 +378,8 @@ print(f"zero-point, 8 bit, per channel: {int(differ.sum())} of {W.numel():,} cod
 # %% tags=["nbval-ignore-output"]
 import matplotlib.pyplot as plt
 
+from quantlab.plot import save_for_slides
+
 GRANULARITIES = {"per tensor": "tensor", "per channel": None, "g128": 128, "g64": 64, "g32": 32}
 BITS = range(2, 9)
 errors, stored_bits = {}, {}
@@ -410,6 +412,7 @@ ax_stored.legend(fontsize=8)
 for ax in (ax_bits, ax_stored):
     ax.grid(alpha=0.3, which="both")
 fig.tight_layout()
+save_for_slides(fig, "02_error_vs_bits")  # a PNG for slides, in figures/ (docs/teaching.md)
 plt.show()
 
 # %% [markdown]
@@ -581,6 +584,7 @@ ax.yaxis.set_major_formatter(matplotlib.ticker.ScalarFormatter())
 ax.yaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
 ax.grid(alpha=0.3)
 fig.tight_layout()
+save_for_slides(fig, "02_rtn_perplexity")  # a PNG for slides, in figures/ (docs/teaching.md)
 plt.show()
 
 # %% [markdown]

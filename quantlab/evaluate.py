@@ -14,8 +14,11 @@ Quality:
   (:func:`baseline_logprobs`), and how often both pick the same top token. More sensitive than
   perplexity to small changes, and it needs no reference text to be "right".
 
-Speed: :func:`measure_speed` (prefill and decode throughput), :func:`timed` (wall time of any block)
-and :func:`decode_floor_ms` (the memory-bandwidth bound on decoding).
+Speed: :func:`measure_speed` (prefill and decode throughput), :func:`timed` (wall time of any block),
+and :func:`decode_floors`: what one decoded token can cost at least on a GPU, from two measured floors,
+reading every weight once at the measured memory bandwidth, and launching the kernels that one decoding
+step runs (counted with the profiler) at the measured cost of an empty launch. At batch 1 a small model
+sits near the second floor, far above the first: launch overhead, not bandwidth, sets its speed.
 """
 
 import math
@@ -299,3 +302,74 @@ def decode_floor_ms(weight_bytes: int, bandwidth_bytes_per_s: float) -> float:
     Example: 270 MB of fp16 weights on a 300 GB/s GPU take at least 0.9 ms per token.
     """
     return 1000 * weight_bytes / bandwidth_bytes_per_s
+
+
+def _require_cuda(what: str) -> None:
+    if not torch.cuda.is_available():
+        raise QuantlabError(f"{what} is measured on a CUDA GPU; this machine has none.")
+
+
+def memory_bandwidth(n_bytes: int = 1 << 30, repeats: int = 5) -> float:
+    """Device memory bandwidth in bytes/s: a device-to-device copy of ``n_bytes`` reads and writes each
+    byte once, so it moves ``2 * n_bytes``; the median of ``repeats`` copies after one warm-up."""
+    _require_cuda("memory bandwidth")
+    src = torch.empty(n_bytes, dtype=torch.uint8, device="cuda")
+    dst = torch.empty_like(src)
+    times = []
+    for _ in range(repeats + 1):
+        with timed() as t:
+            dst.copy_(src)
+        times.append(t.seconds)
+    return 2 * n_bytes / statistics.median(times[1:])
+
+
+def launch_overhead_s(n_launches: int = 2000) -> float:
+    """Seconds per kernel launch from Python: ``n_launches`` additions on a one-element tensor, timed
+    together (the GPU work itself is negligible, so this is what each launch costs the CPU side)."""
+    _require_cuda("launch overhead")
+    x = torch.zeros(1, device="cuda")
+    for _ in range(100):  # warm-up
+        x.add_(1)
+    with timed() as t:
+        for _ in range(n_launches):
+            x.add_(1)
+    return t.seconds / n_launches
+
+
+@torch.inference_mode()
+def kernels_per_decode_step(model, tokenizer, prompt_tokens: int = 32, new_tokens: int = 9) -> float:
+    """GPU kernels that one decoding step of ``generate`` runs, counted with ``torch.profiler``:
+    (kernels of ``new_tokens`` tokens - kernels of 1 token) / (new_tokens - 1), as in :func:`measure_speed`."""
+    _require_cuda("kernels per decoding step")
+    from torch.profiler import ProfilerActivity, profile
+
+    prompt = speed_prompt(tokenizer, prompt_tokens).to(model.device)
+    kwargs = {"pad_token_id": tokenizer.pad_token_id or tokenizer.eos_token_id}
+
+    def kernels(n_new: int) -> int:
+        with profile(activities=[ProfilerActivity.CUDA]) as prof:
+            _timed_generate(model, prompt, n_new, kwargs)
+        return sum(1 for event in prof.events() if event.device_type == torch.autograd.DeviceType.CUDA)
+
+    _timed_generate(model, prompt, new_tokens, kwargs)  # warm-up
+    return (kernels(new_tokens) - kernels(1)) / (new_tokens - 1)
+
+
+@dataclass(frozen=True)
+class DecodeFloors:
+    """The two floors of one decoding step (ms per token) and what they come from (notebook 09)."""
+
+    bandwidth_ms: float  # every weight read once at the measured bandwidth
+    launch_ms: float  # the step's kernels at the measured cost of one launch
+    kernels_per_token: float
+    bandwidth_gb_s: float
+    launch_us: float
+
+
+def decode_floors(model, tokenizer, weight_bytes: int) -> DecodeFloors:
+    """Measure both floors of decoding ``model`` on this GPU (see the module docstring)."""
+    bandwidth = memory_bandwidth()
+    launch = launch_overhead_s()
+    kernels = kernels_per_decode_step(model, tokenizer)
+    return DecodeFloors(bandwidth_ms=decode_floor_ms(weight_bytes, bandwidth), launch_ms=1000 * kernels * launch,
+                        kernels_per_token=kernels, bandwidth_gb_s=bandwidth / 1e9, launch_us=1e6 * launch)

@@ -109,6 +109,23 @@ def _hub_cache_snapshot(model_id: str) -> str | None:
         return None
 
 
+def _hub_download(model_id: str) -> str:
+    """Download (or reuse from the cache) a hub model's config, tokenizer and weights in one format, and
+    return the local snapshot folder, so that code which writes files from a checkpoint (GGUF conversion,
+    notebook 06) works the same online and offline."""
+    from huggingface_hub import HfApi, snapshot_download
+
+    try:
+        files = [sibling.rfilename for sibling in HfApi().model_info(model_id).siblings]
+        weights = "*.safetensors" if any(f.endswith(".safetensors") for f in files) else "*.bin"
+        return snapshot_download(model_id, allow_patterns=["*.json", "*.txt", "*.model", "*.tiktoken", "*.py",
+                                                           weights])
+    except Exception as err:  # unknown or gated repository, network error: say which and what to do
+        raise QuantlabError(f"Could not download {model_id!r} from the Hugging Face hub ({type(err).__name__}: "
+                            f"{err}). Check the id (and `huggingface-cli login` for gated models), or pass a "
+                            "local checkpoint folder.") from err
+
+
 def resolve(model_id: str | None = None, source: str = "auto") -> ModelSource:
     """Decide where ``model_id`` (default: SmolLM2-135M-Instruct) comes from.
 
@@ -127,7 +144,7 @@ def resolve(model_id: str | None = None, source: str = "auto") -> ModelSource:
         path = convert_bundled_gguf()
         return ModelSource(model_id, str(path), "bundled GGUF", f"{BUNDLED_DIST}'s Q4_1 file, dequantized")
     if hub_reachable():
-        return ModelSource(model_id, model_id, "hub")
+        return ModelSource(model_id, _hub_download(model_id), "hub")
     snapshot = _hub_cache_snapshot(model_id)
     if snapshot:
         return ModelSource(model_id, snapshot, "hub cache")

@@ -1,5 +1,10 @@
-"""The compare job's figures (notebooks/09_memory_comparison); each returns a figure, saved when given a path."""
+"""The compare job's figures (notebooks/09_memory_comparison); each returns a figure, saved when given a path.
 
+:func:`save_for_slides` saves any notebook's figure as a PNG for slides (docs/teaching.md lists them).
+"""
+
+import os
+import uuid
 from pathlib import Path
 
 import matplotlib.pyplot as plt
@@ -9,15 +14,20 @@ def _measured(rows: list[dict], key: str) -> list[dict]:
     return [r for r in rows if r.get("status") == "ok" and r.get(key) is not None]
 
 
+def _stored_bits(row: dict) -> float:
+    # GGUF rows: the file's bits (transformers holds the weights dequantized); others: as loaded
+    return row.get("stored_bits_per_weight") or row["bits_per_weight"]
+
+
 def ppl_vs_bits(rows: list[dict], path: Path | None = None):
     """Perplexity against stored bits per weight: the lower-left corner is the Pareto front."""
     fig, ax = plt.subplots(figsize=(7, 4.5))
     for r in _measured(rows, "ppl"):
-        ax.scatter(r["bits_per_weight"], r["ppl"], s=40)
-        ax.annotate(r["method"], (r["bits_per_weight"], r["ppl"]), textcoords="offset points", xytext=(5, 4),
+        ax.scatter(_stored_bits(r), r["ppl"], s=40)
+        ax.annotate(r["method"], (_stored_bits(r), r["ppl"]), textcoords="offset points", xytext=(5, 4),
                     fontsize=8)
-    ax.set(xlabel="stored bits per parameter (whole model, measured)", ylabel="perplexity (lower is better)",
-           title="Quality against size")
+    ax.set(xlabel="stored bits per parameter (whole model, measured; GGUF: the file)",
+           ylabel="perplexity (lower is better)", title="Quality against size")
     ax.grid(alpha=0.3)
     return _save(fig, path)
 
@@ -45,3 +55,25 @@ def _save(fig, path: Path | None):
     if path is not None:
         fig.savefig(path, dpi=120)
     return fig
+
+
+def save_for_slides(fig, name: str, folder: str | os.PathLike = "figures", dpi: int = 200) -> Path:
+    """Save ``fig`` as a PNG for slides, ``folder/name`` (``.png`` added if missing), and return its path.
+
+    The figure cells of notebooks 02-09 call it; docs/teaching.md lists the files. ``dpi=200`` and a tight
+    bounding box give a sharp image without white margins. ``folder`` is created if missing; a relative one is
+    relative to the working directory, which Jupyter sets to the notebook's folder (``notebooks/figures``).
+    The PNG goes to a temporary file beside the target and is moved over it with ``os.replace``, so a reader
+    never sees a half-written file and a failed save leaves the previous one in place.
+    """
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / (name if name.endswith(".png") else f"{name}.png")
+    tmp = folder / f".{path.name}.{uuid.uuid4().hex}.tmp"  # same folder: os.replace is then atomic
+    try:
+        fig.savefig(tmp, format="png", dpi=dpi, bbox_inches="tight")
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return path

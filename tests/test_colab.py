@@ -63,6 +63,15 @@ def test_setup_cell_keeps_everything_but_the_install_block():
     assert '"/local/quantlab"' in "\n".join(lines) and "example.org" not in "\n".join(lines)
 
 
+def test_setup_cell_keeps_the_notebooks_own_build_commands():
+    source = "\n".join([build.SETUP_MARKER, "if IS_COLAB:", '    # %pip install -q "quantlab"',
+                        '    # !CMAKE_ARGS="-DX=OFF" pip install -q llama-cpp-python==0.3.36', "    pass"])
+    lines = build.colab_setup(source).splitlines()
+    assert lines[-1] == '    !CMAKE_ARGS="-DX=OFF" pip install -q llama-cpp-python==0.3.36'
+    copy = json.loads((build.COLAB / "06_gguf.ipynb").read_text())
+    assert any("    !CMAKE_ARGS" in "".join(cell["source"]) for cell in copy["cells"])
+
+
 def test_setup_cell_without_an_install_block_gets_one():
     lines = build.colab_setup(f"import sys\n{build.SETUP_MARKER}\nprint(IS_COLAB)").splitlines()
     assert lines[2] == "if IS_COLAB:" and lines[-1] == "print(IS_COLAB)"

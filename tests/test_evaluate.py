@@ -121,3 +121,23 @@ def test_bad_arguments_say_what_to_do(default_model, ids):
         evaluate.kl_divergence(model, torch.zeros(100, 8), ids, seq_len=SEQ_LEN)
     with pytest.raises(QuantlabError, match="new_tokens"):
         evaluate.measure_speed(model, tokenizer, new_tokens=1)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message on a machine without a GPU")
+def test_decode_floors_need_a_gpu(default_model):
+    model, tokenizer = default_model
+    with pytest.raises(QuantlabError, match="CUDA GPU"):
+        evaluate.decode_floors(model, tokenizer, weight_bytes=1)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (runs on the GPU runner)")
+def test_decode_floors_on_gpu():
+    from quantlab import memory, models
+
+    model, tokenizer = models.load(device="cuda", dtype=torch.float16, verbose=False)
+    floors = evaluate.decode_floors(model, tokenizer, memory.weight_bytes(model))
+    speed = evaluate.measure_speed(model, tokenizer, prompt_tokens=32, new_tokens=16, repeats=3)
+    assert 100 < floors.bandwidth_gb_s < 20_000  # any GPU between a laptop's and a B200's
+    assert floors.kernels_per_token > 30  # at least a few kernels per decoder layer
+    # Both floors are floors: a decoding step cannot beat either, within timing noise.
+    assert max(floors.bandwidth_ms, floors.launch_ms) < 1.2 * speed.decode_ms_per_token

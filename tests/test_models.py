@@ -85,3 +85,33 @@ def test_interrupted_conversion_leaves_a_working_cache(tmp_path):
     final = tmp_path / models.bundled_checkpoint_dir().name
     assert (final / "config.json").is_file() and (final / "model.safetensors").is_file()
     assert not _converting(tmp_path)
+
+
+def _fake_hub(monkeypatch, repo_files, downloaded):
+    """Pretend the hub is reachable and holds ``repo_files``; record what snapshot_download is asked for."""
+    import huggingface_hub
+
+    class FakeApi:
+        def model_info(self, model_id):
+            return type("Info", (), {"siblings": [type("F", (), {"rfilename": f}) for f in repo_files]})
+
+    def fake_snapshot_download(model_id, allow_patterns):
+        downloaded.append(allow_patterns)
+        return f"/snapshots/{model_id}"
+
+    monkeypatch.setattr(models, "hub_reachable", lambda: True)
+    monkeypatch.setattr(huggingface_hub, "HfApi", FakeApi)
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", fake_snapshot_download)
+
+
+@pytest.mark.parametrize("repo_files, weights", [
+    (["config.json", "model.safetensors", "pytorch_model.bin", "onnx/model.onnx"], "*.safetensors"),
+    (["config.json", "pytorch_model.bin", "tf_model.h5"], "*.bin"),
+])
+def test_online_models_resolve_to_a_local_snapshot_of_one_weight_format(monkeypatch, repo_files, weights):
+    downloaded = []
+    _fake_hub(monkeypatch, repo_files, downloaded)
+    src = models.resolve("org/model")
+    assert (src.path, src.origin) == ("/snapshots/org/model", "hub")
+    assert weights in downloaded[0] and not {"*.bin", "*.safetensors"} - {weights} & set(downloaded[0])
+    assert not any(p.endswith((".onnx", ".h5")) for p in downloaded[0])

@@ -1,6 +1,6 @@
-"""Append one GPU-runner run to docs/gpu-runs.md from the files `run.sh suite` wrote (never by hand).
+"""Append one GPU-runner run to docs/gpu-runs.md from the files `run.sh` wrote (never by hand).
 
-Usage: python tests/gpu_runner/record.py OUT_DIR
+Usage: python tests/gpu_runner/record.py OUT_DIR [OUT_DIR ...]   (one folder per device call of the run)
 """
 
 import datetime
@@ -15,7 +15,7 @@ from quantlab.compare import markdown_table
 RUNS = Path(__file__).resolve().parents[2] / "docs" / "gpu-runs.md"
 HEADER = """# Runs on the offline GPU runner
 
-Each section is appended by `tests/gpu_runner/record.py` from the output of `tests/gpu_runner/run.sh suite`.
+Each section is appended by `tests/gpu_runner/record.py` from the output of `tests/gpu_runner/run.sh`.
 """
 
 
@@ -29,30 +29,33 @@ def notebook_times(junit: Path) -> dict[str, tuple[float, str]]:
     return {n: (seconds[n], "FAIL" if failed[n] else "pass") for n in sorted(seconds)}
 
 
-def section(out: Path) -> str:
+def section(outs: list[Path]) -> str:
+    out = outs[0]
     env = (out / "env.txt").read_text()
     versions = [line.strip() for line in env.splitlines()
                 if line.strip().split(" ")[0] in ("torch", "transformers", "gptqmodel", "bitsandbytes", "optimum")]
     lines = [f"## {datetime.date.today()} · {(out / 'gpu.txt').read_text().strip()}", "",
              "Versions: " + "; ".join(" ".join(v.split()) for v in versions), "", "Steps:", "```",
-             (out / "steps.txt").read_text().strip(), "```", ""]
-    if (out / "notebooks.xml").exists():
+             *[(o / "steps.txt").read_text().strip() for o in outs if (o / "steps.txt").exists()], "```", ""]
+    times = {}
+    for junit in [o / "notebooks.xml" for o in outs if (o / "notebooks.xml").exists()]:
+        times.update(notebook_times(junit))
+    if times:
         lines += ["| notebook | seconds | result |", "|---|---|---|"]
-        lines += [f"| {n} | {s:.0f} | {r} |" for n, (s, r) in notebook_times(out / "notebooks.xml").items()]
+        lines += [f"| {n} | {s:.0f} | {r} |" for n, (s, r) in sorted(times.items())]
         lines.append("")
-    results = out / "compare" / "results.json"
-    if results.exists():
+    for results in [o / "compare" / "results.json" for o in outs if (o / "compare" / "results.json").exists()]:
         data = json.loads(results.read_text())
         lines += [f"Compare ({data['meta']['protocol']}):", "", markdown_table(data["results"]), ""]
     return "\n".join(lines)
 
 
-def main(out_dir: str) -> None:
+def main(out_dirs: list[str]) -> None:
     RUNS.parent.mkdir(exist_ok=True)
     text = RUNS.read_text() if RUNS.exists() else HEADER
-    RUNS.write_text(text + "\n" + section(Path(out_dir)))
+    RUNS.write_text(text + "\n" + section([Path(d) for d in out_dirs]))
     print(f"appended to {RUNS}")
 
 
 if __name__ == "__main__":
-    main(sys.argv[1])
+    main(sys.argv[1:])

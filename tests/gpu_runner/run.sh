@@ -1,11 +1,16 @@
 #!/usr/bin/env bash
 # Runs on the offline GPU runner (device tool), from the repository root; see README.md beside this file.
-#   tests/gpu_runner/run.sh install-a   stage bundle part a, install its wheels, build pypcre
-#   tests/gpu_runner/run.sh install-c   install part c (llama-cpp-python)
-#   tests/gpu_runner/run.sh suite       join the model (part b), then unit tests, every notebook and
-#                                       `quantlab compare`, each under its own time limit; logs, junit XML,
-#                                       results and a summary row for docs/gpu-runs.md go to $OUT
-# The runner keeps what a call installed only if the next call comes within about 30 s.
+#   tests/gpu_runner/run.sh install-a         stage bundle part a, install its wheels, build pypcre
+#   tests/gpu_runner/run.sh install-b         join and install the model (part b)
+#   tests/gpu_runner/run.sh install-c         install llama-cpp-python and compiled kernels (part c)
+#   tests/gpu_runner/run.sh unit [FILES]      unit tests (default: tests/)
+#   tests/gpu_runner/run.sh notebooks [NBS]   nbval-lax over notebooks (default: notebooks/*.ipynb)
+#   tests/gpu_runner/run.sh compare [ARGS]    `quantlab compare` on the default model
+#   tests/gpu_runner/run.sh suite             unit, notebooks and compare in one call
+# Every test step appends "NAME rc=.. seconds=.." to $OUT/steps.txt and writes its log and junit XML to $OUT.
+# The runner keeps what a call installed only if the next call comes within about 30 s, and one call may run
+# 10 minutes: split a long suite over several calls (README.md). Step limits: UNIT_LIMIT, NOTEBOOK_LIMIT,
+# COMPARE_LIMIT (seconds).
 set -uo pipefail
 stage=/tmp/quantlab-stage
 python=${PYTHON:-python3}
@@ -13,7 +18,14 @@ out=${OUT:-/tmp/quantlab-out}
 mkdir -p "$stage" "$out"
 export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 MPLBACKEND=Agg PYTHONUNBUFFERED=1
 export QUANTLAB_CACHE=/tmp/quantlab-cache GPTQMODEL_OFFLINE=1
+# gptqmodel compiles its CUDA kernels (Marlin) on first use, about 2 minutes; keep them where a later
+# call on the same machine finds them, and seed them from the bundle when a run brought them back (ext/).
+export GPTQMODEL_TORCH_EXTENSIONS_DIR=/tmp/quantlab-ext
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"  # quantlab from this checkout, also in notebook kernels
+
+need_installed() {
+  [ -f "$stage/installed-${1}" ] || { echo "part $1 is not installed here: run install-$1 first (within 30 s)"; exit 3; }
+}
 
 install_a() {
   cp -r .gpu_bundle/a/. "$stage/"
@@ -24,18 +36,27 @@ install_a() {
   touch "$stage/installed-a"
 }
 
-install_c() {
-  [ -f "$stage/installed-a" ] || { echo "part a is not installed here: run install-a first (within 30 s)"; exit 3; }
-  "$python" -m pip install -q --no-index --no-deps .gpu_bundle/c/*.whl
-}
-
-install_model() {
-  [ -f "$stage/installed-a" ] || { echo "part a is not installed here: run install-a first (within 30 s)"; exit 3; }
+install_b() {
+  need_installed a
   cp .gpu_bundle/b/model.part.* "$stage/"
   name=$(cat "$stage/model.name")
   cat "$stage"/model.part.* > "$stage/$name"
   (cd "$stage" && sha256sum -c model.sha256) || exit 4
   "$python" -m pip install -q --no-index --no-deps "$stage/$name"
+  touch "$stage/installed-b"
+}
+
+install_c() {
+  need_installed b
+  "$python" -m pip install -q --no-index --no-deps .gpu_bundle/c/*.whl
+  if [ -f .gpu_bundle/c/ext.tar.gz ]; then mkdir -p "$GPTQMODEL_TORCH_EXTENSIONS_DIR" \
+    && tar -xzf .gpu_bundle/c/ext.tar.gz -C "$GPTQMODEL_TORCH_EXTENSIONS_DIR"; fi
+  touch "$stage/installed-c"
+}
+
+describe_machine() {
+  "$python" -m quantlab env > "$out/env.txt" 2>&1
+  nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader > "$out/gpu.txt"
 }
 
 step() {  # step NAME SECONDS COMMAND...: run with a time limit, log to $out/NAME.log, remember the status
@@ -46,19 +67,34 @@ step() {  # step NAME SECONDS COMMAND...: run with a time limit, log to $out/NAM
   echo "$name rc=$rc seconds=$((SECONDS - start))" | tee -a "$out/steps.txt"
 }
 
-suite() {
-  install_model
-  "$python" -m quantlab env > "$out/env.txt" 2>&1
-  nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader > "$out/gpu.txt"
-  step unit "${UNIT_LIMIT:-200}" "$python" -m pytest -q -p no:cacheprovider --junitxml="$out/unit.xml" ${UNIT_TESTS:-tests}
-  step notebooks "${NOTEBOOK_LIMIT:-240}" "$python" -m pytest -q -p no:cacheprovider --junitxml="$out/notebooks.xml" \
-    --nbval-lax --nbval-current-env notebooks/*.ipynb
-  step compare "${COMPARE_LIMIT:-150}" "$python" -m quantlab compare --out "$out/compare" ${COMPARE_ARGS:-}
+keep_kernels() {  # bring the compiled kernels back, for .gpu_bundle/c/ext.tar.gz of the next run
+  [ -d "$GPTQMODEL_TORCH_EXTENSIONS_DIR" ] && tar -czf "$out/ext.tar.gz" -C "$GPTQMODEL_TORCH_EXTENSIONS_DIR" .
 }
 
-case "${1:-}" in
+unit() {
+  step unit "${UNIT_LIMIT:-560}" "$python" -m pytest -q -p no:cacheprovider --durations=10 \
+    --junitxml="$out/unit.xml" "${@:-tests}"
+}
+
+notebooks() {
+  step notebooks "${NOTEBOOK_LIMIT:-560}" "$python" -m pytest -q -p no:cacheprovider --durations=30 \
+    --junitxml="$out/notebooks.xml" --nbval-lax --nbval-current-env "${@:-notebooks/*.ipynb}"
+  keep_kernels
+}
+
+compare() {  # the device tool brings back 8 files at most: the tables come back, the plots stay
+  step compare "${COMPARE_LIMIT:-560}" "$python" -m quantlab compare --out /tmp/quantlab-compare "$@"
+  mkdir -p "$out/compare" && cp /tmp/quantlab-compare/results.{json,md} "$out/compare/"
+  keep_kernels
+}
+
+command=${1:-}
+shift || true
+case "$command" in
   install-a) install_a ;;
+  install-b) install_b ;;
   install-c) install_c ;;
-  suite) suite ;;
-  *) echo "usage: $0 install-a | install-c | suite"; exit 2 ;;
+  unit|notebooks|compare) need_installed c; describe_machine; "$command" "$@" ;;
+  suite) need_installed c; describe_machine; unit; notebooks; compare ;;
+  *) sed -n '2,13p' "$0"; exit 2 ;;
 esac
