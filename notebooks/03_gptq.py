@@ -29,7 +29,7 @@
 #
 # | runtime | CPU (2 cores) | GPU |
 # |---|---|---|
-# | this notebook | about 5 min (`make execute`); up to 15 min when other jobs share the cores | not yet measured |
+# | this notebook | about 8.5 min (nbval, one thread, on the shared 2-core machine) | not yet measured |
 #
 # Every number in this series is measured when you run the cell, on your hardware. Nothing is typed in.
 
@@ -180,7 +180,6 @@ x_held_out = gptq.layer_inputs(model, layer, held_out_ids)
 hessian = gptq.hessian(x_calibration)
 
 # %%
-# NBVAL_CHECK_OUTPUT
 print(f"{LAYER}: weight {tuple(weight.shape)} (outputs × inputs)")
 print(f"calibration inputs {tuple(x_calibration.shape)}, held-out inputs {tuple(x_held_out.shape)} (tokens × inputs)")
 print(f"Hessian {tuple(hessian.shape)}")
@@ -364,15 +363,18 @@ del quantized
 # %% [markdown]
 # ### Reload, and the kernel question
 # Loading needs no `quantization_config`: the checkpoint's `config.json` has one. gptqmodel then picks a
-# *kernel*, the code that multiplies by packed 4-bit weights (notebook 04 looks at them). On a CPU its
-# first choice is `TorchAtenLinear` (PyTorch's int4 CPU matmul), which needs the number of inputs to be a
-# multiple of the group size. SmolLM2's layers have 576 inputs, 4.5 groups of 128, and that kernel fails with
-# "expect K to be divisible by qGroupSize". So on a CPU we ask for `backend="torch"` (dequantize, then an
-# ordinary matmul); on a GPU the automatic choice works. Only loading attributes such as `backend` are taken
-# from the `GPTQConfig` passed here; the quantization settings come from the checkpoint.
+# *kernel*, the code that multiplies by packed 4-bit weights (notebook 04 looks at them). Its fast kernels
+# need the number of inputs of every layer to be a multiple of the group size: `TorchAtenLinear` (PyTorch's
+# int4 CPU matmul) fails with "expect K to be divisible by qGroupSize", and on a GPU `ExllamaV2Linear` (the
+# choice for asymmetric grids; Marlin takes symmetric ones) refuses to load. SmolLM2's layers have 576 inputs,
+# 4.5 groups of 128, so for this model we ask for `backend="torch"` (dequantize, then an ordinary matmul) on any
+# device; with groups of 64 or 32, or a model whose widths are multiples of 128, `auto` picks the fast kernel.
+# Only loading attributes such as `backend` are taken from the `GPTQConfig` passed here; the quantization
+# settings come from the checkpoint.
 
 # %% tags=["nbval-ignore-output"]
-BACKEND = "auto" if ON_GPU else "torch"
+widths = {m.in_features for m in model.modules() if isinstance(m, torch.nn.Linear)}
+BACKEND = "auto" if GROUP_SIZE is None or all(w % GROUP_SIZE == 0 for w in widths) else "torch"
 gptq_model = AutoModelForCausalLM.from_pretrained(
     checkpoint, quantization_config=GPTQConfig(bits=BITS, backend=BACKEND), dtype=DTYPE, device_map=DEVICE
 ).eval()

@@ -27,7 +27,7 @@
 #
 # | runtime | CPU (2 cores) | GPU |
 # |---|---|---|
-# | this notebook | about 1 min with notebook 03's checkpoint, 4 min without (`make execute`) | not yet measured |
+# | this notebook | about 1.2 min with notebook 03's checkpoint (nbval, one thread, shared 2-core machine), 4 min without | not yet measured |
 #
 # Every number in this series is measured when you run the cell, on your hardware. Nothing is typed in.
 
@@ -303,28 +303,31 @@ for backend, kernel in AUTO_BACKEND_KERNEL_MAPPING[METHOD.GPTQ][FORMAT(checkpoin
 
 # %% tags=["nbval-ignore-output"]
 tokenizer = AutoTokenizer.from_pretrained(checkpoint)
-auto_model = AutoModelForCausalLM.from_pretrained(checkpoint, dtype=DTYPE, device_map=DEVICE).eval()
-print("auto picked:", type(auto_model.get_submodule(LAYER)).__name__)
 prompt = tokenizer("The capital of France is", return_tensors="pt").to(DEVICE)
 try:
+    auto_model = AutoModelForCausalLM.from_pretrained(checkpoint, dtype=DTYPE, device_map=DEVICE).eval()
+    print("auto picked:", type(auto_model.get_submodule(LAYER)).__name__)
     with torch.no_grad():
         auto_model(**prompt)
     print("forward pass: OK")
-except RuntimeError as err:
-    print("forward pass failed:", err)
-del auto_model
+    del auto_model
+except (RuntimeError, NotImplementedError) as err:
+    print(f"failed: {type(err).__name__}: {err}")
 
 # %% [markdown]
 # On a CPU, `auto` takes `TorchAtenLinear`, which checks the bits and the group size but not that the number of
 # inputs is a multiple of the group size. PyTorch's int4 matmul needs that, and SmolLM2's 576 inputs are 4.5
-# groups of 128, so its forward pass fails (the printed error). Naming a backend fixes it: `backend="torch"`,
-# passed through a `GPTQConfig` at load time (only loading attributes such as `backend` are taken from it; the
-# quantization settings come from the checkpoint). Models whose layer widths are multiples of 128, such as
-# Qwen2.5-0.5B (896 and 4864 inputs), avoid the problem. On a GPU, an asymmetric checkpoint such as ours
-# skips Marlin (symmetric grids only, see the list) and gets the next kernel.
+# groups of 128, so its forward pass fails (the printed error). On a GPU, an asymmetric checkpoint such as ours
+# skips Marlin (symmetric grids only, see the list) and gets `ExllamaV2Linear`, which checks the widths when it
+# loads and refuses (seen on an H200: "`in_features`: 576 must be divisible by `group_size: 128`"). Naming a
+# backend fixes both: `backend="torch"`, passed through a `GPTQConfig` at load time (only loading attributes
+# such as `backend` are taken from it; the quantization settings come from the checkpoint). Models whose layer
+# widths are multiples of 128, such as Qwen2.5-0.5B (896 and 4864 inputs), or groups of 64 for this model,
+# avoid the problem.
 
 # %% tags=["nbval-ignore-output"]
-BACKEND = "auto" if ON_GPU else "torch"
+widths = {m.in_features for m in baseline.modules() if isinstance(m, torch.nn.Linear)}
+BACKEND = "auto" if all(w % quantization_config["group_size"] == 0 for w in widths) else "torch"
 model = AutoModelForCausalLM.from_pretrained(
     checkpoint, quantization_config=GPTQConfig(bits=bits, backend=BACKEND), dtype=DTYPE, device_map=DEVICE
 ).eval()

@@ -3,7 +3,7 @@
 The guide's rules, in the order :func:`recommend` applies them:
 
 4. fine-tuning a model      -> bitsandbytes NF4 + LoRA (QLoRA)
-3. CPU / edge deployment    -> GGUF (llama.cpp)
+3. CPU / edge deployment    -> GGUF (llama.cpp): Q8_0 if it fits and quality comes first, else Q4_K_M
    (added) the 16-bit model fits and quality comes first -> don't quantize
 2. GPU inference serving    -> GPTQ or AWQ, whichever lost less quality in *your* measurements
 5. maximum quality at 4 bit -> the 4-bit method with the smallest measured perplexity increase
@@ -13,6 +13,7 @@ The guide's rules, in the order :func:`recommend` applies them:
 pick by measured Δppl instead of the guide's claim that AWQ always wins.
 """
 
+import math
 from dataclasses import dataclass
 
 from quantlab import memory
@@ -32,8 +33,12 @@ CONFIGS = {
                  "model.quantize(calibration_texts); model.save(out_dir)  # then from_pretrained(out_dir)"),
     "gguf-q8_0": 'AutoModelForCausalLM.from_pretrained(folder, gguf_file="model-Q8_0.gguf")  # or llama.cpp',
     "gguf-q4_0": 'AutoModelForCausalLM.from_pretrained(folder, gguf_file="model-Q4_0.gguf")  # or llama.cpp',
+    "gguf-q4_k_m": ("# llama.cpp: llama-quantize model-F16.gguf model-Q4_K_M.gguf Q4_K_M (or download a Q4_K_M file)\n"
+                    "llm = llama_cpp.Llama(model_path=\"model-Q4_K_M.gguf\", n_ctx=4096)\n"
+                    "# or, dequantized to float: AutoModelForCausalLM.from_pretrained(folder, "
+                    "gguf_file=\"model-Q4_K_M.gguf\")"),
 }
-FOUR_BIT = ("gptq-int4", "awq-int4", "bnb-nf4", "gguf-q4_0")
+FOUR_BIT = ("gptq-int4", "awq-int4", "bnb-nf4", "gguf-q4_0", "gguf-q4_k_m")
 
 
 @dataclass(frozen=True)
@@ -64,7 +69,8 @@ def fits(situation: Situation, fmt: memory.WeightFormat) -> bool:
 
 
 def _measured_best(candidates: tuple[str, ...], measured: list[dict] | None) -> str | None:
-    ok = [r for r in measured or [] if r.get("method") in candidates and r.get("delta_ppl_pct") is not None]
+    ok = [r for r in measured or [] if r.get("method") in candidates and r.get("delta_ppl_pct") is not None
+          and math.isfinite(r["delta_ppl_pct"])]  # a failed method (NaN perplexity) is no candidate
     return min(ok, key=lambda r: r["delta_ppl_pct"])["method"] if ok else None
 
 
@@ -82,9 +88,10 @@ def recommend(situation: Situation, measured: list[dict] | None = None) -> Recom
                      f"{weight_gb(s.model_params_b, memory.NF4_DOUBLE_QUANT):.1f} GB in NF4.")
     if s.target == "edge" or s.device != "cuda" and s.target == "serving":
         q8 = memory.gguf_format("Q8_0")
-        method = "gguf-q8_0" if fits(s, q8) and s.priority == "quality" else "gguf-q4_0"
+        method = "gguf-q8_0" if fits(s, q8) and s.priority == "quality" else "gguf-q4_k_m"
         return _pick(method, "rule 3: CPU / edge",
-                     "llama.cpp runs GGUF on CPUs and small devices; Q8_0 is near-lossless, Q4_0 half its size.")
+                     "llama.cpp runs GGUF on CPUs and small devices; Q8_0 is near-lossless, Q4_K_M (llama.cpp's "
+                     "usual 4-bit choice) about half its size and better than Q4_0 at a similar size.")
     if s.priority == "quality" and fits(s, memory.FLOAT_FORMATS["bf16"]):
         return _pick("baseline", "fits in 16 bit",
                      f"{weight_gb(s.model_params_b, memory.FLOAT_FORMATS['bf16']):.1f} GB of 16-bit weights fit in "

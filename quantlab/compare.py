@@ -2,8 +2,12 @@
 
 For each method of :mod:`quantlab.methods` the job loads (quantizing once, then from the cache),
 measures weight memory, peak memory, on-disk size, perplexity, KL divergence and top-1 agreement
-against the baseline, prefill/decode speed and quantization time, and writes ``results.json``,
-``results.md`` and three PNG plots to the output folder.
+against the baseline, prefill/decode speed and quantization time (on a GPU also the two floors under the
+decode time), and writes ``results.json``, ``results.md`` and three PNG plots to the output folder.
+
+On a CPU the job is sized for `make run`'s 15 minutes on 2 cores: a reduced calibration for GPTQ/AWQ/RTN
+(:data:`REDUCED_CALIBRATION`, written into the outputs), a shorter speed protocol, and methods whose
+quantization alone would take longer (:data:`SLOW_ON_CPU`) measured only from a cached checkpoint.
 """
 
 import gc
@@ -24,7 +28,7 @@ from quantlab.errors import QuantlabError
 
 @dataclass(frozen=True)
 class Protocol:
-    """How much text and how many repeats; the defaults fit 15 minutes on 2 CPU cores."""
+    """How much text and how many repeats (see :meth:`for_device`)."""
 
     seq_len: int = 512
     eval_tokens: int = 2048
@@ -39,17 +43,56 @@ class Protocol:
             return cls(seq_len=256, eval_tokens=512, kl_tokens=512, prompt_tokens=32, new_tokens=8, repeats=1)
         if device.startswith("cuda"):
             return cls(eval_tokens=16384, kl_tokens=4096, prompt_tokens=512, new_tokens=64, repeats=3)
-        return cls(kl_tokens=1024)
+        # A CPU decodes the default model at 5-15 tokens/s in float32, so speed runs dominate the time per
+        # method: shorter runs, 2 repeats (plus a warm-up). 25-80 s per method (loading included) on one busy
+        # core: `make run` took 12.6 minutes from an empty cache, GPTQ's 3-minute calibration included.
+        return cls(kl_tokens=1024, prompt_tokens=64, new_tokens=16, repeats=2)
+
+
+# Calibration on a CPU (and in quick runs): 16 sequences of 256 tokens, as in notebooks 03 and 05, so that every
+# notebook, test and `make run` shares one cached GPTQ/AWQ/RTN checkpoint. GPTQ calibrates each of the 30
+# blocks of the default model over every sequence several times, in float32: about 3 minutes on 2 idle
+# cores at this size (32 x 512 took 4 times as long, too long for `make run`'s 15 minutes).
+REDUCED_CALIBRATION = {"calib_samples": 16, "calib_seq_len": 256}
 
 
 def settings_for(device: str, quick: bool, config) -> methods.Settings:
+    """The settings the quantized checkpoints are made with: the library defaults (128 x 512 calibration tokens)
+    on a GPU, a reduced calibration on a CPU or in quick runs (see REDUCED_CALIBRATION)."""
     common = {"device": device, "dtype": str(models.default_dtype(device)).removeprefix("torch."),
               "group_size": methods.group_size_for(config)}
-    if quick:
-        return methods.Settings(**common, calib_samples=16, calib_seq_len=256)
-    if device == "cpu":  # GPTQ/AWQ calibration is the slowest step on a CPU
-        return methods.Settings(**common, calib_samples=32, calib_seq_len=512)
+    if quick or not device.startswith("cuda"):
+        return methods.Settings(**common, **REDUCED_CALIBRATION)
     return methods.Settings(**common)
+
+
+# Methods whose quantization alone takes longer on a 2-core CPU than `make run`'s 15 minutes allow. A run over
+# all methods on a CPU measures them only when their checkpoint is already cached; naming them
+# (`--methods awq-int4`) or `include_slow=True` (`--include-slow`) quantizes them.
+SLOW_ON_CPU = {
+    # measured (notebooks/05): gptqmodel's AWQ costs about 2.5 s per calibration token on one busy core, most of
+    # it in its clipping search, so the CPU calibration of 16 x 256 tokens would take about an hour
+    "awq-int4": "its calibration (gptqmodel AWQConfig) takes about an hour on a 2-core CPU",
+}
+
+
+def slow_reason(method: methods.Method, src, settings: methods.Settings) -> str | None:
+    """Why a run over all methods skips ``method`` on this device, or None."""
+    if settings.device != "cpu" or method.name not in SLOW_ON_CPU or methods.is_cached(src, method.name, settings):
+        return None
+    return (f"{SLOW_ON_CPU[method.name]} and no cached checkpoint was found; make it once with "
+            f"`quantlab compare --methods {method.name}` (or --include-slow), or measure it on a GPU")
+
+
+def calibration_note(settings: methods.Settings) -> str:
+    """One line for the outputs: how much calibration text GPTQ/AWQ saw, and whether that is reduced."""
+    full = methods.Settings()
+    text = (f"calibration: {settings.calib_samples} x {settings.calib_seq_len} tokens of {settings.calib_source} "
+            f"(seed {settings.seed}), int4 group size {settings.group_size}")
+    if (settings.calib_samples, settings.calib_seq_len) != (full.calib_samples, full.calib_seq_len):
+        text += (f"; reduced from the GPU setting of {full.calib_samples} x {full.calib_seq_len} to keep CPU "
+                 "calibration to minutes, so GPTQ/AWQ may score somewhat worse than with full calibration")
+    return text
 
 
 def kernel_name(model: torch.nn.Module) -> str:
@@ -82,6 +125,8 @@ def measure_method(method: methods.Method, src: models.ModelSource, settings: me
         status="ok", kernel=kernel_name(model), dtype=str(keep_dtype).removeprefix("torch."),
         weight_mb=weight / memory.MB, theoretical_mb=theoretical / memory.MB,
         bits_per_weight=8 * weight / baseline["n_parameters"],
+        # what the weights take where they are stored: the GGUF file's tensors for GGUF, else as loaded
+        stored_bits_per_weight=8 * (built.stored_bytes or weight) / baseline["n_parameters"],
         disk_mb=memory.disk_bytes(built.checkpoint) / memory.MB if built.checkpoint else None,
         quantize_s=built.quantize_seconds, note=built.note,
     )
@@ -96,6 +141,13 @@ def measure_method(method: methods.Method, src: models.ModelSource, settings: me
     speed = evaluate.measure_speed(model, tokenizer, protocol.prompt_tokens, protocol.new_tokens,
                                    repeats=protocol.repeats)
     row.update(prefill_tok_s=speed.prefill_tok_s, decode_tok_s=speed.decode_tok_s)
+    if settings.device.startswith("cuda"):  # the two floors under the decode time (evaluate.decode_floors)
+        try:
+            floors = evaluate.decode_floors(model, tokenizer, weight)
+            row.update(decode_ms=speed.decode_ms_per_token, floor_bandwidth_ms=floors.bandwidth_ms,
+                       floor_launch_ms=floors.launch_ms, kernels_per_token=floors.kernels_per_token)
+        except (QuantlabError, RuntimeError) as err:
+            row["note"] = (row["note"] + "; " if row["note"] else "") + f"decode floors not measured: {err}"
     if baseline.get("compile_decode"):
         compiled = evaluate.measure_speed(model, tokenizer, protocol.prompt_tokens, protocol.new_tokens,
                                           repeats=protocol.repeats,
@@ -118,8 +170,12 @@ def _baseline_reference(src, settings, protocol, eval_ids, compile_decode) -> di
 
 
 def run(model_id=None, methods_csv=None, eval_source="shakespeare", out_dir="results", quick=False,
-        compile_decode=False, device=None) -> list[dict]:
-    """Run the comparison and write results.json, results.md and plots into ``out_dir``."""
+        compile_decode=False, device=None, include_slow=False) -> list[dict]:
+    """Run the comparison and write results.json, results.md and plots into ``out_dir``.
+
+    ``methods_csv=None`` runs every method of the registry, except, on a CPU, those in :data:`SLOW_ON_CPU`
+    whose checkpoint is not cached (skipped with the reason) unless ``include_slow``; named methods always run.
+    """
     from transformers import AutoConfig, AutoTokenizer
 
     from quantlab import data
@@ -127,6 +183,7 @@ def run(model_id=None, methods_csv=None, eval_source="shakespeare", out_dir="res
     # bitsandbytes logs "MatMul8bitLt: inputs will be cast ... to float16" on every int8 matmul
     logging.getLogger("bitsandbytes.autograd._functions").setLevel(logging.ERROR)
     device = device or models.default_device()
+    include_slow = include_slow or bool(methods_csv)
     names = methods_csv.split(",") if methods_csv else list(methods.REGISTRY)
     chosen = [methods.get(n.strip()) for n in names]
     src = models.resolve(model_id)
@@ -135,28 +192,33 @@ def run(model_id=None, methods_csv=None, eval_source="shakespeare", out_dir="res
     settings = settings_for(device, quick, AutoConfig.from_pretrained(src.path))
     eval_ids = data.eval_token_ids(tokenizer, protocol.eval_tokens, source=eval_source)
     started = time.time()
+    print(f"quantlab compare: {len(chosen)} methods on {src} ({device}); {calibration_note(settings)}")
     baseline = _baseline_reference(src, settings, protocol, eval_ids, compile_decode)
     rows = []
     for method in (bar := tqdm(chosen, desc="methods", unit="method")):
         bar.set_postfix_str(method.name)
-        reason = method.unavailable_reason(device)
+        reason = method.unavailable_reason(device) or (None if include_slow else slow_reason(method, src, settings))
         if reason:
             rows.append({"method": method.name, "description": method.description, "status": f"skipped: {reason}"})
             continue
+        method_started = time.time()
         try:
             rows.append(measure_method(method, src, settings, protocol, tokenizer, eval_ids, baseline))
         except (QuantlabError, RuntimeError, ValueError, ImportError, OSError) as err:
             rows.append({"method": method.name, "description": method.description,
                          "status": f"failed: {type(err).__name__}: {str(err).splitlines()[0][:300]}"})
+        rows[-1]["wall_s"] = time.time() - method_started  # quantizing (unless cached), loading and measuring
     _add_deltas(rows)
     meta = {
         "model": str(src), "eval_text": eval_source, "device": device, "protocol": asdict(protocol),
-        "settings": asdict(settings), "hardware": env.hardware(), "machine": platform.node(),
+        "settings": asdict(settings), "calibration": calibration_note(settings), "hardware": env.hardware(),
+        "machine": platform.node(),
         "versions": {d: env.package_version(d) for d in env.PACKAGES}, "wall_seconds": time.time() - started,
         "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
     }
     write_outputs(rows, meta, Path(out_dir))
     print(markdown_table(rows))
+    print(_sentence(meta["calibration"]))
     return rows
 
 
@@ -168,7 +230,8 @@ def _add_deltas(rows: list[dict]) -> None:
 
 
 COLUMNS = [  # (key, header, format)
-    ("method", "method", "{}"), ("bits_per_weight", "bits/weight", "{:.2f}"), ("weight_mb", "weight MB", "{:.1f}"),
+    ("method", "method", "{}"), ("bits_per_weight", "bits/weight", "{:.2f}"),
+    ("stored_bits_per_weight", "stored bits/weight", "{:.2f}"), ("weight_mb", "weight MB", "{:.1f}"),
     ("theoretical_mb", "estimate MB", "{:.1f}"), ("peak_mb", "peak MB", "{:.0f}"), ("disk_mb", "disk MB", "{:.1f}"),
     ("ppl", "perplexity", "{:.3f}"), ("delta_ppl_pct", "Δppl %", "{:+.2f}"), ("kl", "KL", "{:.4f}"),
     ("top1", "top-1 agree", "{:.3f}"), ("prefill_tok_s", "prefill tok/s", "{:.0f}"),
@@ -176,13 +239,20 @@ COLUMNS = [  # (key, header, format)
 ]
 
 
+FLOOR_COLUMNS = [  # measured on a GPU only
+    ("decode_ms", "decode ms/token", "{:.2f}"), ("floor_bandwidth_ms", "bandwidth floor ms", "{:.3f}"),
+    ("floor_launch_ms", "launch floor ms", "{:.2f}"),
+]
+
+
 def markdown_table(rows: list[dict]) -> str:
-    lines = ["| " + " | ".join(h for _, h, _ in COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
+    columns = COLUMNS + [c for c in FLOOR_COLUMNS if any(r.get(c[0]) is not None for r in rows)]
+    lines = ["| " + " | ".join(h for _, h, _ in columns) + " |", "|" + "---|" * len(columns)]
     for r in rows:
         if r.get("status") != "ok":
-            lines.append(f"| {r['method']} | {r['status']} |" + " |" * (len(COLUMNS) - 2))
+            lines.append(f"| {r['method']} | {r['status']} |" + " |" * (len(columns) - 2))
             continue
-        cells = ["" if r.get(k) is None else fmt.format(r[k]) for k, _, fmt in COLUMNS]
+        cells = ["" if r.get(k) is None else fmt.format(r[k]) for k, _, fmt in columns]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -193,11 +263,16 @@ def write_outputs(rows: list[dict], meta: dict, out: Path) -> None:
     notes = [f"- **{r['method']}**: {r['note']}" for r in rows if r.get("note")]
     text = [f"# quantlab compare: {meta['model']}", "",
             f"{meta['date']} on {meta['hardware'].get('gpu', 'CPU')} ({meta['device']}); eval text "
-            f"{meta['eval_text']}, protocol {meta['protocol']}.", "", markdown_table(rows), "", *notes]
+            f"{meta['eval_text']}, protocol {meta['protocol']}.", "", _sentence(meta["calibration"]), "",
+            markdown_table(rows), "", *notes]
     _write_atomic(out / "results.md", "\n".join(text) + "\n")
     for draw, name in ((plot.ppl_vs_bits, "ppl_vs_bits.png"), (plot.memory_bars, "memory.png"),
                        (plot.decode_speed_bars, "decode_speed.png")):
         plt.close(draw(rows, out / name))
+
+
+def _sentence(text: str) -> str:
+    return text[:1].upper() + text[1:] + "."
 
 
 def _write_atomic(path: Path, text: str) -> None:

@@ -2,8 +2,8 @@
 
 Every entry takes the baseline checkpoint folder and returns a loaded model. The quantization calls
 are the same ones the method's own notebook teaches (``BitsAndBytesConfig``, ``GPTQConfig``,
-gptqmodel's ``AWQConfig``/``RTNConfig``, gguf-py); this module only adds caching and timing around
-them, so ``quantlab compare`` measures exactly what a reader would run.
+gptqmodel's ``AWQConfig``/``RTNConfig``, gguf-py, llama.cpp's quantizer); this module only adds caching and
+timing around them, so ``quantlab compare`` measures exactly what a reader would run.
 
 Quantized checkpoints are cached under ``<cache>/quantized/<model>/<method>-<settings hash>/``,
 written to a temporary folder and renamed into place.
@@ -21,7 +21,7 @@ from pathlib import Path
 
 import torch
 
-from quantlab import memory
+from quantlab import ggml, memory
 from quantlab.errors import QuantlabError
 from quantlab.models import ModelSource, cache_dir
 
@@ -55,6 +55,9 @@ class Built:
     quantize_seconds: float | None  # None for the baseline
     checkpoint: Path | None  # what is on disk (folder or .gguf file), for its size
     note: str = ""
+    # The weights' bytes as stored, where the loaded model holds them in another form (transformers
+    # dequantizes GGUF on load): the file's tensor data, for the bits-per-weight of the Pareto plot.
+    stored_bytes: int | None = None
 
 
 @dataclass(frozen=True)
@@ -95,6 +98,12 @@ def group_size_for(config) -> int:
 def quantized_dir(src: ModelSource, method: str, settings: Settings) -> Path:
     slug = src.model_id.replace("/", "--")
     return cache_dir() / "quantized" / slug / f"{method}-{settings.cache_key()}"
+
+
+def is_cached(src: ModelSource, method: str, settings: Settings) -> bool:
+    """Whether ``method`` has a finished quantized checkpoint for ``settings`` in the cache (any group size)."""
+    folder = quantized_dir(src, method, settings)
+    return any((d / "quantlab.json").is_file() for d in folder.parent.glob(f"{method}*-{settings.cache_key()}"))
 
 
 def cached_or_quantize(target: Path, quantize: Callable[[Path], None]) -> float:
@@ -171,13 +180,29 @@ def bnb_4bit_config(quant_type: str, double_quant: bool):
     return make
 
 
+# Linears of a Llama-style block that read the same input, in the order GPTQ calibrates them (notebooks/03).
+LLAMA_BLOCK_GROUPS = [["self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"], ["self_attn.o_proj"],
+                      ["mlp.gate_proj", "mlp.up_proj"], ["mlp.down_proj"]]
+LLAMA_STYLE = ("llama", "mistral", "qwen2", "qwen3", "smollm3")
+
+
+def gptq_block_groups(model_type: str) -> list[list[str]] | None:
+    """``modules_in_block_to_quantize`` for GPTQConfig: q/k/v and gate/up share their input, so their Hessians
+    are the same whichever is quantized first, and one calibration pass serves each group: 4 passes per block
+    instead of 7, the same result (notebooks/03 explains). None (optimum's one-Linear-at-a-time default) for
+    architectures with other names."""
+    return LLAMA_BLOCK_GROUPS if model_type in LLAMA_STYLE else None
+
+
 def build_gptq(src: ModelSource, s: Settings) -> Built:
     """transformers' GPTQConfig (optimum + gptqmodel underneath), calibrated on offline text."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer, GPTQConfig
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, GPTQConfig
 
     def quantize(out: Path) -> None:
         tokenizer = AutoTokenizer.from_pretrained(src.path)
-        config = GPTQConfig(bits=4, group_size=s.group_size, dataset=_calibration_texts(src, s), tokenizer=tokenizer)
+        groups = gptq_block_groups(AutoConfig.from_pretrained(src.path).model_type)
+        config = GPTQConfig(bits=4, group_size=s.group_size, dataset=_calibration_texts(src, s), tokenizer=tokenizer,
+                            modules_in_block_to_quantize=groups)
         # float32 on a CPU: its float16 matmuls are far slower
         dtype = torch.float32 if s.device == "cpu" else torch.float16
         model = AutoModelForCausalLM.from_pretrained(src.path, quantization_config=config, dtype=dtype,
@@ -210,9 +235,46 @@ def _gptqmodel_builder(name: str, make_config: Callable[[Settings], object], cal
 
 
 def awq_config(s: Settings):
+    """AWQ's own format: int4 with a zero point per group (autoawq's ``zero_point=True``, what AWQ checkpoints on
+    the hub use). gptqmodel's ``AWQConfig`` defaults to ``sym=True``, which costs the default model far more
+    perplexity than AWQ's scaling saves (notebooks/05)."""
     from gptqmodel import AWQConfig
 
-    return AWQConfig(bits=4, group_size=s.group_size)
+    return AWQConfig(bits=4, group_size=s.group_size, sym=False)
+
+
+def awq_calibration(src: ModelSource, s: Settings) -> list[dict]:
+    """gptqmodel's AWQ calibration rows: token ids, every row exactly ``s.calib_seq_len`` long.
+
+    gptqmodel 7.6 stacks the activations it records into one tensor per layer; when the rows differ in length it
+    cannot, and silently keeps only the last row (the shortest: it sorts by length) for its scale and clipping
+    searches. Text windows re-tokenize to a token more or less here and there (``data.calibration_texts``), so
+    texts could calibrate the whole model on a single window (notebooks/05).
+    """
+    from transformers import AutoTokenizer
+
+    from quantlab import data
+
+    tokenizer = AutoTokenizer.from_pretrained(src.path)
+    ids = data.calibration_token_ids(tokenizer, s.calib_samples, s.calib_seq_len, s.seed, source=s.calib_source)
+    return [{"input_ids": row.tolist(), "attention_mask": [1] * len(row)} for row in ids]
+
+
+def build_awq(src: ModelSource, s: Settings) -> Built:
+    """gptqmodel's AWQConfig: load, quantize on equal-length calibration rows, save; transformers loads the result.
+    The same calls as notebooks/05, so a checkpoint made there for the same settings is reused here."""
+
+    def quantize(out: Path) -> None:
+        from gptqmodel import BACKEND, GPTQModel
+
+        model = GPTQModel.load(src.path, awq_config(s), device=s.device)
+        # on a CPU the default AWQ GEMM kernel raises "AWQ: CUDA is not available"
+        model.quantize(awq_calibration(src, s), backend=BACKEND.AWQ_TORCH if s.device == "cpu" else BACKEND.AUTO)
+        model.save(str(out))
+
+    target = quantized_dir(src, f"awq-int4-g{s.group_size}", s)
+    seconds = cached_or_quantize(target, quantize)
+    return Built(_load_checkpoint(target, s), seconds, target)
 
 
 def rtn_config(s: Settings):
@@ -221,23 +283,49 @@ def rtn_config(s: Settings):
     return RTNConfig(bits=4, group_size=s.group_size)
 
 
+GGUF_NOTE = "transformers dequantizes GGUF on load: memory is float, the file is the quantized size"
+
+
+def _load_gguf(target: Path, s: Settings, seconds: float, note: str = GGUF_NOTE) -> Built:
+    model = _load_checkpoint(target, s, gguf_file="model.gguf", dtype=s.torch_dtype)
+    stored = sum(row.n_bytes for row in ggml.tensor_table(target / "model.gguf"))
+    return Built(model, seconds, target / "model.gguf", note, stored_bytes=stored)
+
+
 def _gguf_builder(qtype: str):
     """Write a GGUF with gguf-py (quantlab.ggml.write_gguf), load it back through transformers."""
 
     def build(src: ModelSource, s: Settings) -> Built:
-        from quantlab import ggml
-
         target = quantized_dir(src, f"gguf-{qtype.lower()}", s)
         seconds = cached_or_quantize(target, lambda out: ggml.write_gguf(src.path, out / "model.gguf", qtype))
-        model = _load_checkpoint(target, s, gguf_file="model.gguf", dtype=s.torch_dtype)
-        return Built(model, seconds, target / "model.gguf",
-                     "transformers dequantizes GGUF on load: memory is float, the file is the quantized size")
+        return _load_gguf(target, s, seconds)
+
+    return build
+
+
+def _llama_cpp_builder(ftype: str):
+    """A K-quant (Q4_K_M, ...): an F16 GGUF from gguf-py, quantized by llama.cpp's own quantizer (through
+    llama-cpp-python, as in notebooks/06), loaded back through transformers."""
+
+    def build(src: ModelSource, s: Settings) -> Built:
+        def quantize(out: Path) -> None:
+            f16 = ggml.write_gguf(src.path, out / "model-F16.gguf", "F16")
+            ggml.quantize_with_llama_cpp(f16, out / "model.gguf", ftype)
+            f16.unlink()
+
+        target = quantized_dir(src, f"gguf-{ftype.lower()}", s)
+        seconds = cached_or_quantize(target, quantize)
+        types = sorted({row.type_name for row in ggml.tensor_table(target / "model.gguf")})
+        note = (f"{GGUF_NOTE}; {ftype} mixes tensor types ({', '.join(types)}: rows that are not a multiple of "
+                f"256 fall back to 32-weight types), so the file differs from the {ftype.split('_')[0]} estimate")
+        return _load_gguf(target, s, seconds, note)
 
     return build
 
 
 GPTQMODEL_HINT = "pip install optimum==2.3.0 gptqmodel==7.6.0 (see notebooks/01_setup)"
 BNB_HINT = "pip install bitsandbytes==0.50.2"
+LLAMA_CPP_HINT = ggml.INSTALL_LLAMA_CPP
 
 def _fixed(fmt: memory.WeightFormat) -> Callable[[Settings], memory.WeightFormat]:
     return lambda s: fmt
@@ -262,11 +350,14 @@ METHODS = [
     Method("gptq-int4", "GPTQ int4 via transformers GPTQConfig (optimum + gptqmodel)", "CPU or GPU",
            _int4, build_gptq, ("gptqmodel", "optimum"), GPTQMODEL_HINT),
     Method("awq-int4", "AWQ int4 via gptqmodel AWQConfig (autoawq is deprecated)", "CPU or GPU",
-           _int4, _gptqmodel_builder("awq-int4", awq_config, True), ("gptqmodel",), GPTQMODEL_HINT),
+           _int4, build_awq, ("gptqmodel",), GPTQMODEL_HINT),
     Method("gguf-q8_0", "GGUF Q8_0 written with gguf-py, loaded by transformers", "CPU or GPU",
            _fixed(memory.gguf_format("Q8_0")), _gguf_builder("Q8_0"), ("gguf",), "pip install gguf==0.19.0"),
     Method("gguf-q4_0", "GGUF Q4_0 written with gguf-py, loaded by transformers", "CPU or GPU",
            _fixed(memory.gguf_format("Q4_0")), _gguf_builder("Q4_0"), ("gguf",), "pip install gguf==0.19.0"),
+    Method("gguf-q4_k_m", "GGUF Q4_K_M (K-quant) made by llama.cpp's quantizer, loaded by transformers", "CPU or GPU",
+           _fixed(memory.gguf_format("Q4_K")), _llama_cpp_builder("Q4_K_M"), ("gguf", "llama_cpp"),
+           "pip install gguf==0.19.0 and " + LLAMA_CPP_HINT),
 ]
 REGISTRY = {m.name: m for m in METHODS}
 

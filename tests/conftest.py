@@ -18,3 +18,20 @@ def default_model():
     from quantlab import models
 
     return models.load(device="cpu", dtype=torch.float32, verbose=False)
+
+
+@pytest.fixture(scope="session")
+def layer_inputs(default_model):
+    """``layer_inputs(name)`` -> ``(layer, x_calibration, x_held_out)``: what one Linear of the default model
+    receives on 8 × 256 calibration tokens and on 1024 held-out tokens (tests of quantlab.gptq and .awq)."""
+    from quantlab import data, gptq
+
+    model, tokenizer = default_model
+
+    def inputs(name: str):
+        layer = model.get_submodule(name)
+        x_calibration = gptq.layer_inputs(model, layer, data.calibration_token_ids(tokenizer, 8, 256))
+        x_held_out = gptq.layer_inputs(model, layer, data.eval_token_ids(tokenizer, 1024).view(2, 512))
+        return layer, x_calibration, x_held_out
+
+    return inputs

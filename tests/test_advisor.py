@@ -16,7 +16,7 @@ def test_rule_4_fine_tuning_is_qlora():
 
 def test_rule_3_edge_is_gguf_q8_when_it_fits_else_q4():
     assert recommend(Situation(target="edge", model_params_b=1, memory_budget_gb=8)).method == "gguf-q8_0"
-    assert recommend(Situation(target="edge", model_params_b=7, memory_budget_gb=8)).method == "gguf-q4_0"
+    assert recommend(Situation(target="edge", model_params_b=7, memory_budget_gb=8)).method == "gguf-q4_k_m"
     assert recommend(Situation(device="cpu", target="serving")).rule.startswith("rule 3")
 
 
@@ -34,6 +34,12 @@ def test_rule_5_quality_picks_the_smallest_measured_loss():
     tight = Situation(model_params_b=13, memory_budget_gb=12)
     assert recommend(tight, MEASURED).method == "gptq-int4"
     assert recommend(tight).rule.startswith("rule 5")
+
+
+def test_a_failed_measurement_is_no_candidate():
+    failed_gptq = [{"method": "gptq-int4", "delta_ppl_pct": float("nan")}, *MEASURED[1:]]
+    serving = Situation(target="serving", model_params_b=70, memory_budget_gb=48)
+    assert recommend(serving, failed_gptq).method == "awq-int4"
 
 
 def test_rule_1_quick_experiment_is_bitsandbytes():

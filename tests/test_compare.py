@@ -6,7 +6,7 @@ import sys
 
 import pytest
 
-from quantlab import cli, methods
+from quantlab import cli, compare, methods
 
 
 def test_env_command_reports_every_method():
@@ -23,7 +23,27 @@ def test_unknown_method_is_a_clear_error(capsys):
 
 # Methods that need no calibration run: quick on 2 CPU cores. GPTQ and AWQ are tested in test_gptq.py and
 # test_awq.py and measured by `make run`, where a CPU takes minutes per method to calibrate.
-QUICK_METHODS = ["baseline", "bnb-int8", "bnb-nf4", "bnb-fp4", "rtn-int4", "gguf-q8_0", "gguf-q4_0"]
+QUICK_METHODS = ["baseline", "bnb-int8", "bnb-nf4", "bnb-fp4", "rtn-int4", "gguf-q8_0", "gguf-q4_0", "gguf-q4_k_m"]
+
+
+class _Config:  # the widths settings_for reads (SmolLM2-135M's)
+    hidden_size, intermediate_size = 576, 1536
+
+
+def test_cpu_calibration_is_reduced_and_shared_with_quick_runs_gpu_keeps_the_defaults():
+    cpu, quick = compare.settings_for("cpu", False, _Config), compare.settings_for("cpu", True, _Config)
+    assert cpu == quick  # one cached GPTQ/AWQ/RTN checkpoint for make run, notebooks 05/09 and the tests
+    assert (cpu.calib_samples, cpu.calib_seq_len) == (16, 256) and cpu.group_size == 64
+    gpu = compare.settings_for("cuda", False, _Config)
+    default = methods.Settings()
+    assert (gpu.calib_samples, gpu.calib_seq_len) == (default.calib_samples, default.calib_seq_len)
+    assert "reduced" in compare.calibration_note(cpu) and "reduced" not in compare.calibration_note(gpu)
+
+
+def test_gptq_calibrates_llama_blocks_in_four_groups():
+    groups = methods.gptq_block_groups("llama")
+    assert len(groups) == 4 and ["mlp.gate_proj", "mlp.up_proj"] in groups
+    assert methods.gptq_block_groups("opt") is None  # other names: optimum's default order
 
 
 @pytest.fixture(scope="module")
@@ -42,6 +62,7 @@ def test_every_method_is_measured_or_skipped_with_a_reason(quick_results):
             assert row["ppl"] > 1 and row["weight_mb"] > 0 and row["decode_tok_s"] > 0, name
     for name in ("results.md", "ppl_vs_bits.png", "memory.png", "decode_speed.png"):
         assert (out / name).stat().st_size > 0
+    assert "Calibration: 16 x 256 tokens" in (out / "results.md").read_text()
 
 
 def test_metrics_rank_the_methods_sensibly(quick_results):
@@ -49,8 +70,20 @@ def test_metrics_rank_the_methods_sensibly(quick_results):
     assert rows["baseline"]["kl"] == pytest.approx(0, abs=1e-4)
     assert rows["bnb-int8"]["kl"] < rows["rtn-int4"]["kl"] / 5
     assert rows["gguf-q8_0"]["kl"] < rows["gguf-q4_0"]["kl"]
+    if rows["gguf-q4_k_m"]["status"] == "ok":  # llama-cpp-python installed
+        assert rows["gguf-q4_k_m"]["kl"] < rows["gguf-q4_0"]["kl"]  # K-quant (and 5/8-bit fallbacks) beat Q4_0
     bits = {name: row["bits_per_weight"] for name, row in rows.items() if row["status"] == "ok"}
     assert bits["bnb-nf4"] < bits["bnb-int8"] < bits["baseline"]
+
+
+def test_gguf_is_float_in_memory_and_small_on_disk(quick_results):
+    _, rows = quick_results
+    for name in ("gguf-q8_0", "gguf-q4_0"):
+        row = rows[name]
+        # in memory: float32 on a CPU, float16 on a GPU; in the file: at most 8.5 bits
+        assert row["stored_bits_per_weight"] < 0.6 * row["bits_per_weight"] and "dequantizes" in row["note"]
+    assert rows["gguf-q4_0"]["stored_bits_per_weight"] < rows["gguf-q8_0"]["stored_bits_per_weight"]
+    assert rows["bnb-nf4"]["stored_bits_per_weight"] == rows["bnb-nf4"]["bits_per_weight"]
 
 
 def test_weight_memory_agrees_with_the_estimate_or_says_why(quick_results):
@@ -59,3 +92,14 @@ def test_weight_memory_agrees_with_the_estimate_or_says_why(quick_results):
         if row["status"] == "ok":
             close = abs(row["weight_mb"] - row["theoretical_mb"]) <= 0.05 * row["theoretical_mb"]
             assert close or row["note"], name
+
+
+def test_awq_is_skipped_on_cpu_only_when_not_cached_and_not_asked_for():
+    from quantlab import models
+
+    src = models.resolve()
+    uncached = methods.Settings(seed=12345, group_size=64)  # a cache key no run has made
+    reason = compare.slow_reason(methods.get("awq-int4"), src, uncached)
+    assert "15+ minutes" in reason and "--methods awq-int4" in reason
+    assert compare.slow_reason(methods.get("gptq-int4"), src, uncached) is None
+    assert compare.slow_reason(methods.get("awq-int4"), src, methods.Settings(device="cuda", seed=12345)) is None

@@ -15,13 +15,9 @@ pytestmark = pytest.mark.filterwarnings("ignore:You passed `quantization_config`
 
 
 @pytest.fixture(scope="module")
-def layer_data(default_model):
-    """The layer's weight, the Hessian of 8 × 256 calibration tokens, and 1024 held-out input tokens."""
-    model, tokenizer = default_model
-    layer = model.get_submodule(LAYER)
-    x_calibration = gptq.layer_inputs(model, layer, data.calibration_token_ids(tokenizer, 8, 256))
-    x_held_out = gptq.layer_inputs(model, layer, data.eval_token_ids(tokenizer, 1024).view(2, 512))
-    return layer, x_calibration, x_held_out
+def layer_data(layer_inputs):
+    """The layer, its inputs on 8 × 256 calibration tokens and on 1024 held-out tokens."""
+    return layer_inputs(LAYER)
 
 
 def gptqmodel_quantize(layer, x_calibration, bits, group_size, damp_percent, act_order):

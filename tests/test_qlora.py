@@ -41,7 +41,8 @@ def test_training_lowers_the_loss(qlora_model):
     torch.manual_seed(SEED)
     qlora_model.train()
     losses = []
-    for batch in [*batches, *batches]:  # two passes over the same six batches
+    for batch in [*batches, *batches]:  # two passes over the same batches
+        batch = batch.to(qlora_model.device)  # bitsandbytes puts the model on the GPU when there is one
         loss = qlora_model(input_ids=batch, labels=batch).loss
         loss.backward()
         optimizer.step()

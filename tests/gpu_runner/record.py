@@ -23,7 +23,7 @@ def notebook_times(junit: Path) -> dict[str, tuple[float, str]]:
     """Per notebook: summed cell seconds and pass/fail, from nbval's junit XML (one test case per cell)."""
     seconds, failed = defaultdict(float), defaultdict(bool)
     for case in ET.parse(junit).iter("testcase"):
-        name = Path(case.get("file") or case.get("classname", "?").replace(".", "/")).name
+        name = case.get("classname", "?").removeprefix("notebooks.")  # "notebooks.01_setup.ipynb"
         seconds[name] += float(case.get("time", 0))
         failed[name] |= case.find("failure") is not None or case.find("error") is not None
     return {n: (seconds[n], "FAIL" if failed[n] else "pass") for n in sorted(seconds)}
@@ -38,7 +38,7 @@ def section(outs: list[Path]) -> str:
              "Versions: " + "; ".join(" ".join(v.split()) for v in versions), "", "Steps:", "```",
              *[(o / "steps.txt").read_text().strip() for o in outs if (o / "steps.txt").exists()], "```", ""]
     times = {}
-    for junit in [o / "notebooks.xml" for o in outs if (o / "notebooks.xml").exists()]:
+    for junit in [junit for o in outs for junit in sorted(o.glob("notebooks*.xml"))]:
         times.update(notebook_times(junit))
     if times:
         lines += ["| notebook | seconds | result |", "|---|---|---|"]

