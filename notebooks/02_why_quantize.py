@@ -31,7 +31,7 @@
 #
 # | runtime | CPU (2 cores) | GPU |
 # |---|---|---|
-# | this notebook | about 6 min, measured on 2 busy shared cores (about 2.5 min of CPU time) | about 25 s (nbval on an H200, 2026-11-27) |
+# | this notebook | about 1.5 min (nbval, one thread, on the shared 2-core machine; up to 6 min when other jobs load it) | about 25 s (nbval on an H200, 2026-11-27) |
 #
 # Every number in this notebook is computed or measured when you run the cell. Nothing is typed in.
 
