@@ -214,24 +214,19 @@ def build_gptq(src: ModelSource, s: Settings) -> Built:
     return Built(_load_checkpoint(target, s), seconds, target)
 
 
-def _gptqmodel_builder(name: str, make_config: Callable[[Settings], object], calibrated: bool):
-    """gptqmodel's own API (AWQ, RTN): load, quantize, save; transformers loads the result."""
+def build_rtn(src: ModelSource, s: Settings) -> Built:
+    """gptqmodel's RTNConfig: load, quantize (no calibration), save; transformers loads the result."""
 
-    def build(src: ModelSource, s: Settings) -> Built:
-        def quantize(out: Path) -> None:
-            from gptqmodel import BACKEND, GPTQModel
+    def quantize(out: Path) -> None:
+        from gptqmodel import BACKEND, GPTQModel
 
-            model = GPTQModel.load(src.path, make_config(s), device=s.device)
-            calibration = _calibration_texts(src, s) if calibrated else None
-            backend = BACKEND.AWQ_TORCH if name.startswith("awq") and s.device == "cpu" else BACKEND.AUTO
-            model.quantize(calibration, backend=backend)
-            model.save(str(out))
+        model = GPTQModel.load(src.path, rtn_config(s), device=s.device)
+        model.quantize(None, backend=BACKEND.AUTO)
+        model.save(str(out))
 
-        target = quantized_dir(src, f"{name}-g{s.group_size}", s)
-        seconds = cached_or_quantize(target, quantize)
-        return Built(_load_checkpoint(target, s), seconds, target)
-
-    return build
+    target = quantized_dir(src, f"rtn-int4-g{s.group_size}", s)
+    seconds = cached_or_quantize(target, quantize)
+    return Built(_load_checkpoint(target, s), seconds, target)
 
 
 def awq_config(s: Settings):
@@ -346,7 +341,7 @@ METHODS = [
     Method("bnb-fp4", "bitsandbytes FP4, no double quantization", "CPU or GPU",
            _fixed(memory.NF4), _bnb_builder(bnb_4bit_config("fp4", False)), ("bitsandbytes",), BNB_HINT),
     Method("rtn-int4", "round to nearest, int4 on GPTQ's grid (gptqmodel RTNConfig): the control", "CPU or GPU",
-           _int4, _gptqmodel_builder("rtn-int4", rtn_config, False), ("gptqmodel",), GPTQMODEL_HINT),
+           _int4, build_rtn, ("gptqmodel",), GPTQMODEL_HINT),
     Method("gptq-int4", "GPTQ int4 via transformers GPTQConfig (optimum + gptqmodel)", "CPU or GPU",
            _int4, build_gptq, ("gptqmodel", "optimum"), GPTQMODEL_HINT),
     Method("awq-int4", "AWQ int4 via gptqmodel AWQConfig (autoawq is deprecated)", "CPU or GPU",
