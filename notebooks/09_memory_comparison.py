@@ -28,7 +28,7 @@
 #
 # | runtime | CPU (2 cores) | GPU |
 # |---|---|---|
-# | this notebook | about 10 min after notebooks 01-08, with their quantized checkpoints cached (9.5-10 min measured with `make execute`, one thread on a 2-core CPU shared with other jobs); about 15 min alone, when GPTQ, RTN and the GGUF files are made here first (estimated: a cold `make run` spent 4.7 min more than a warm one) | not yet measured |
+# | this notebook | about 10 min after notebooks 01-08, with their quantized checkpoints cached (9.5-10 min measured with `make execute`, one thread on a 2-core CPU shared with other jobs); about 15 min alone, when GPTQ, RTN and the GGUF files are made here first (estimated: a cold `make run` spent 4.7 min more than a warm one) | about 6 min after notebook 05 on the same machine (nbval on an H200, 2026-11-27: AWQ checkpoint and kernels cached, the rest made here) |
 #
 # Every number in this notebook is measured when you run the cell, on your hardware. Nothing is typed in.
 
@@ -184,8 +184,16 @@ for r in sorted(ok, key=lambda r: r["delta_ppl_pct"]):
 # %%
 # NBVAL_CHECK_OUTPUT
 delta = {name: r["delta_ppl_pct"] for name, r in measured.items()}
-print("8-bit loses less than 4-bit rounding:", delta["bnb-int8"] < delta["rtn-int4"] and delta["gguf-q8_0"] < delta["gguf-q4_0"])
-print("GPTQ loses less than round-to-nearest on the same grid:", delta["gptq-int4"] < delta["rtn-int4"])
+
+
+def loses_less(*pairs):
+    """Whether, in every pair (a, b), method a costs less perplexity than b; or which methods were not measured."""
+    missing = sorted({m for pair in pairs for m in pair if m not in delta})
+    return f"not measured: {', '.join(missing)}" if missing else all(delta[a] < delta[b] for a, b in pairs)
+
+
+print("8-bit loses less than 4-bit rounding:", loses_less(("bnb-int8", "rtn-int4"), ("gguf-q8_0", "gguf-q4_0")))
+print("GPTQ loses less than round-to-nearest on the same grid:", loses_less(("gptq-int4", "rtn-int4")))
 
 # %% [markdown]
 # ## 2. Pitfalls, each measured

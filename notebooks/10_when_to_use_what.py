@@ -27,7 +27,7 @@
 #
 # | runtime | CPU (2 cores) | GPU |
 # |---|---|---|
-# | this notebook | 15 s with notebook 09's results; about 3.5 min without them (measured with one thread on a 2-core CPU shared with other jobs) | not yet measured |
+# | this notebook | 15 s with notebook 09's results; about 3.5 min without them (measured with one thread on a 2-core CPU shared with other jobs) | about 15 s with notebook 09's results (nbval on an H200) |
 #
 # Every number in this notebook is measured when you run it (or read from notebook 09's run). Nothing is typed in.
 

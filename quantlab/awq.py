@@ -49,7 +49,9 @@ def output_error(weight: torch.Tensor, quantized: torch.Tensor, inputs: torch.Te
 @torch.no_grad()
 def search_scales(weight: torch.Tensor, inputs: torch.Tensor, bits: int = 4, group_size: int | None = 128,
                   alphas=ALPHA_GRID) -> tuple[torch.Tensor, float, list[float]]:
-    """AWQ's grid search for one layer: the best scales, their α, and the output error of every α."""
+    """AWQ's grid search for one layer: the best scales, their α, and the output error of every α.
+    Runs in float32 where ``inputs`` are (``gptq.layer_inputs`` gives them on the CPU, whatever the model's device)."""
+    weight = weight.detach().float().to(inputs.device)
     magnitude = input_magnitude(inputs)
     errors = [output_error(weight, quantize_scaled(weight, scales_for(magnitude, a), bits, group_size), inputs)
               for a in alphas]
@@ -61,4 +63,4 @@ def awq_quantize(weight: torch.Tensor, inputs: torch.Tensor, bits: int = 4,
                  group_size: int | None = 128) -> torch.Tensor:
     """AWQ for one layer: search the scales on ``inputs`` and return ``Q(W diag(s)) diag(s)⁻¹`` (float32)."""
     scales, _, _ = search_scales(weight, inputs, bits, group_size)
-    return quantize_scaled(weight, scales, bits, group_size)
+    return quantize_scaled(weight.detach().float().to(inputs.device), scales, bits, group_size)

@@ -194,12 +194,25 @@ def run(model_id=None, methods_csv=None, eval_source="shakespeare", out_dir="res
     started = time.time()
     print(f"quantlab compare: {len(chosen)} methods on {src} ({device}); {calibration_note(settings)}")
     baseline = _baseline_reference(src, settings, protocol, eval_ids, compile_decode)
+    meta = {
+        "model": str(src), "eval_text": eval_source, "device": device, "protocol": asdict(protocol),
+        "settings": asdict(settings), "calibration": calibration_note(settings), "hardware": env.hardware(),
+        "machine": platform.node(),
+        "versions": {d: env.package_version(d) for d in env.PACKAGES}, "wall_seconds": 0.0,
+        "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
+    }
     rows = []
+
+    def save() -> None:  # after every method, so that an interrupted run keeps the methods it measured
+        _add_deltas(rows)
+        write_outputs(rows, {**meta, "wall_seconds": time.time() - started}, Path(out_dir))
+
     for method in (bar := tqdm(chosen, desc="methods", unit="method")):
         bar.set_postfix_str(method.name)
         reason = method.unavailable_reason(device) or (None if include_slow else slow_reason(method, src, settings))
         if reason:
             rows.append({"method": method.name, "description": method.description, "status": f"skipped: {reason}"})
+            save()
             continue
         method_started = time.time()
         try:
@@ -208,15 +221,7 @@ def run(model_id=None, methods_csv=None, eval_source="shakespeare", out_dir="res
             rows.append({"method": method.name, "description": method.description,
                          "status": f"failed: {type(err).__name__}: {str(err).splitlines()[0][:300]}"})
         rows[-1]["wall_s"] = time.time() - method_started  # quantizing (unless cached), loading and measuring
-    _add_deltas(rows)
-    meta = {
-        "model": str(src), "eval_text": eval_source, "device": device, "protocol": asdict(protocol),
-        "settings": asdict(settings), "calibration": calibration_note(settings), "hardware": env.hardware(),
-        "machine": platform.node(),
-        "versions": {d: env.package_version(d) for d in env.PACKAGES}, "wall_seconds": time.time() - started,
-        "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
-    }
-    write_outputs(rows, meta, Path(out_dir))
+        save()
     print(markdown_table(rows))
     print(_sentence(meta["calibration"]))
     return rows

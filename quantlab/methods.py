@@ -194,6 +194,11 @@ def gptq_block_groups(model_type: str) -> list[list[str]] | None:
     return LLAMA_BLOCK_GROUPS if model_type in LLAMA_STYLE else None
 
 
+def _gptq_dtype(s: Settings) -> torch.dtype:
+    """What GPTQ quantizes in: float32 on a CPU, whose float16 matmuls are far slower; float16 on a GPU."""
+    return torch.float32 if s.device == "cpu" else torch.float16
+
+
 def build_gptq(src: ModelSource, s: Settings) -> Built:
     """transformers' GPTQConfig (optimum + gptqmodel underneath), calibrated on offline text."""
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, GPTQConfig
@@ -203,10 +208,8 @@ def build_gptq(src: ModelSource, s: Settings) -> Built:
         groups = gptq_block_groups(AutoConfig.from_pretrained(src.path).model_type)
         config = GPTQConfig(bits=4, group_size=s.group_size, dataset=_calibration_texts(src, s), tokenizer=tokenizer,
                             modules_in_block_to_quantize=groups)
-        # float32 on a CPU: its float16 matmuls are far slower
-        dtype = torch.float32 if s.device == "cpu" else torch.float16
-        model = AutoModelForCausalLM.from_pretrained(src.path, quantization_config=config, dtype=dtype,
-                                                     device_map=s.device)
+        model = AutoModelForCausalLM.from_pretrained(src.path, quantization_config=config,
+                                                     dtype=_gptq_dtype(s), device_map=s.device)
         model.save_pretrained(out)
 
     target = quantized_dir(src, f"gptq-int4-g{s.group_size}", s)
@@ -220,11 +223,12 @@ def build_rtn(src: ModelSource, s: Settings) -> Built:
     def quantize(out: Path) -> None:
         from gptqmodel import BACKEND, GPTQModel
 
-        model = GPTQModel.load(src.path, rtn_config(s), device=s.device)
+        dtype = "auto" if s.device == "cpu" else _gptq_dtype(s)  # on a GPU GPTQ's float16: the same kernel
+        model = GPTQModel.load(src.path, rtn_config(s), device=s.device, dtype=dtype)
         model.quantize(None, backend=BACKEND.AUTO)
         model.save(str(out))
 
-    target = quantized_dir(src, f"rtn-int4-g{s.group_size}", s)
+    target = quantized_dir(src, f"rtn-int4-g{s.group_size}-gptq_v2", s)  # earlier versions wrote "gptq"
     seconds = cached_or_quantize(target, quantize)
     return Built(_load_checkpoint(target, s), seconds, target)
 
@@ -273,9 +277,19 @@ def build_awq(src: ModelSource, s: Settings) -> Built:
 
 
 def rtn_config(s: Settings):
+    """RTN int4 on GPTQ's grid, stored like ``build_gptq``'s checkpoints, so that both load with the same kernel.
+
+    Two departures from gptqmodel 7.6's defaults, both for torch 2.11 (Colab's, the GPU runner's) and Hopper GPUs:
+    - ``pack_impl="original"``: its default block packer fails under torch 2.11 with "Inference tensors do not
+      track version counter" (RTN computes its weights in inference mode); the original packer writes
+      byte-identical checkpoints (checked on torch 2.13).
+    - ``format="gptq_v2"``, what optimum writes for GPTQ: for the older "gptq" format gptqmodel prefers its
+      Machete kernel on a Hopper GPU, which then refuses SmolLM2's 192-wide k/v projections at load time; in
+      "gptq_v2" it takes Marlin, as for GPTQ. The two formats give identical logits (checked on a CPU).
+    """
     from gptqmodel import RTNConfig
 
-    return RTNConfig(bits=4, group_size=s.group_size)
+    return RTNConfig(bits=4, group_size=s.group_size, pack_impl="original", format="gptq_v2")
 
 
 GGUF_NOTE = "transformers dequantizes GGUF on load: memory is float, the file is the quantized size"

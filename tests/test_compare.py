@@ -53,6 +53,18 @@ def quick_results(tmp_path_factory):
     return out, {r["method"]: r for r in json.loads((out / "results.json").read_text())["results"]}
 
 
+def test_rtn_is_stored_like_gptq_so_that_both_load_with_the_same_kernel(quick_results):
+    from transformers import AutoConfig
+
+    from quantlab import models
+
+    src = models.resolve(None)
+    settings = compare.settings_for("cpu", True, AutoConfig.from_pretrained(src.path))
+    rtn = methods.quantized_dir(src, f"rtn-int4-g{settings.group_size}-gptq_v2", settings)
+    config = json.loads((rtn / "config.json").read_text())["quantization_config"]
+    assert config["checkpoint_format"] == "gptq_v2" and config["sym"] is True  # GPTQConfig's defaults
+
+
 def test_every_method_is_measured_or_skipped_with_a_reason(quick_results):
     out, rows = quick_results
     assert set(rows) == set(QUICK_METHODS)

@@ -2,7 +2,8 @@
 # Runs on the offline GPU runner (device tool), from the repository root; see README.md beside this file.
 #   tests/gpu_runner/run.sh install-a         stage bundle part a, install its wheels, build pypcre
 #   tests/gpu_runner/run.sh install-b         join and install the model (part b)
-#   tests/gpu_runner/run.sh install-c         install llama-cpp-python and compiled kernels (part c)
+#   tests/gpu_runner/run.sh install-c         install llama-cpp-python (part c)
+#   tests/gpu_runner/run.sh install-kernels   unpack gptqmodel's compiled kernels an earlier run brought back
 #   tests/gpu_runner/run.sh unit [FILES]      unit tests (default: tests/)
 #   tests/gpu_runner/run.sh notebooks [NBS]   nbval-lax over notebooks (default: notebooks/*.ipynb)
 #   tests/gpu_runner/run.sh compare [ARGS]    `quantlab compare` on the default model
@@ -18,8 +19,8 @@ out=${OUT:-/tmp/quantlab-out}
 mkdir -p "$stage" "$out"
 export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 MPLBACKEND=Agg PYTHONUNBUFFERED=1
 export QUANTLAB_CACHE=/tmp/quantlab-cache GPTQMODEL_OFFLINE=1
-# gptqmodel compiles its CUDA kernels (Marlin) on first use, about 2 minutes; keep them where a later
-# call on the same machine finds them, and seed them from the bundle when a run brought them back (ext/).
+# gptqmodel compiles its CUDA kernels (Marlin) on first use, about 3 minutes; keep them where a later
+# call on the same machine finds them (install-kernels seeds them from an earlier run).
 export GPTQMODEL_TORCH_EXTENSIONS_DIR=/tmp/quantlab-ext
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"  # quantlab from this checkout, also in notebook kernels
 
@@ -49,9 +50,11 @@ install_b() {
 install_c() {
   need_installed b
   "$python" -m pip install -q --no-index --no-deps .gpu_bundle/c/*.whl
-  if [ -f .gpu_bundle/c/ext.tar.gz ]; then mkdir -p "$GPTQMODEL_TORCH_EXTENSIONS_DIR" \
-    && tar -xzf .gpu_bundle/c/ext.tar.gz -C "$GPTQMODEL_TORCH_EXTENSIONS_DIR"; fi
   touch "$stage/installed-c"
+}
+
+install_kernels() {  # optional, after install-c: .gpu_bundle/kernels holds the ext.tar.gz.part-* files of a run
+  cat .gpu_bundle/kernels/ext.tar.gz.part-* | tar -xz -C /
 }
 
 describe_machine() {
@@ -62,14 +65,19 @@ describe_machine() {
 step() {  # step NAME SECONDS COMMAND...: run with a time limit, log to $out/NAME.log, remember the status
   local name=$1 limit=$2; shift 2
   local start=$SECONDS
-  timeout "$limit" "$@" > "$out/$name.log" 2>&1
+  # SIGINT first: pytest then still reports where it stopped, its durations and its junit XML
+  timeout --signal=INT --kill-after=20 "$limit" "$@" > "$out/$name.log" 2>&1
   local rc=$?
   echo "$name rc=$rc seconds=$((SECONDS - start))" | tee -a "$out/steps.txt"
 }
 
-keep_kernels() {  # bring the compiled kernels back, for .gpu_bundle/c/ext.tar.gz of the next run
-  [ -d "$GPTQMODEL_TORCH_EXTENSIONS_DIR" ] && tar -czf "$out/.ext$$" -C "$GPTQMODEL_TORCH_EXTENSIONS_DIR" . \
-    && mv "$out/.ext$$" "$out/ext.tar.gz"
+keep_kernels() {  # bring the compiled kernels back (gptqmodel loads a cached .so without its build files), in
+  # parts of 15 MiB (the device tool returns files of 16 MiB at most): copy them to .gpu_bundle/kernels
+  local so
+  so=$(find "$GPTQMODEL_TORCH_EXTENSIONS_DIR" "$HOME/.cache/gptqmodel/torch_extensions" -name '*.so' 2>/dev/null)
+  [ -n "$so" ] || return 0
+  rm -f "$out"/ext.tar.gz.part-*
+  tar -czf - $so 2>/dev/null | split -b 15M - "$out/ext.tar.gz.part-"
 }
 
 unit() {
@@ -95,6 +103,7 @@ case "$command" in
   install-a) install_a ;;
   install-b) install_b ;;
   install-c) install_c ;;
+  install-kernels) install_kernels ;;
   unit|notebooks|compare) need_installed c; [ -f "$out/env.txt" ] || describe_machine; "$command" "$@" ;;
   suite) need_installed c; describe_machine; unit; notebooks; compare ;;
   *) sed -n '2,13p' "$0"; exit 2 ;;
