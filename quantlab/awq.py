@@ -62,5 +62,6 @@ def search_scales(weight: torch.Tensor, inputs: torch.Tensor, bits: int = 4, gro
 def awq_quantize(weight: torch.Tensor, inputs: torch.Tensor, bits: int = 4,
                  group_size: int | None = 128) -> torch.Tensor:
     """AWQ for one layer: search the scales on ``inputs`` and return ``Q(W diag(s)) diag(s)⁻¹`` (float32)."""
+    weight = weight.detach().float().to(inputs.device)
     scales, _, _ = search_scales(weight, inputs, bits, group_size)
-    return quantize_scaled(weight.detach().float().to(inputs.device), scales, bits, group_size)
+    return quantize_scaled(weight, scales, bits, group_size)

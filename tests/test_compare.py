@@ -60,7 +60,7 @@ def test_rtn_is_stored_like_gptq_so_that_both_load_with_the_same_kernel(quick_re
 
     src = models.resolve(None)
     settings = compare.settings_for("cpu", True, AutoConfig.from_pretrained(src.path))
-    rtn = methods.quantized_dir(src, f"rtn-int4-g{settings.group_size}-gptq_v2", settings)
+    rtn = methods.get("rtn-int4").build(src, settings).checkpoint  # cached by the quick run
     config = json.loads((rtn / "config.json").read_text())["quantization_config"]
     assert config["checkpoint_format"] == "gptq_v2" and config["sym"] is True  # GPTQConfig's defaults
 

@@ -71,8 +71,9 @@ step() {  # step NAME SECONDS COMMAND...: run with a time limit, log to $out/NAM
   echo "$name rc=$rc seconds=$((SECONDS - start))" | tee -a "$out/steps.txt"
 }
 
-keep_kernels() {  # bring the compiled kernels back (gptqmodel loads a cached .so without its build files), in
-  # parts of 15 MiB (the device tool returns files of 16 MiB at most): copy them to .gpu_bundle/kernels
+keep_kernels() {  # KEEP_KERNELS=1: bring the compiled kernels back (gptqmodel loads a cached .so without its
+  # build files), in parts of 15 MiB (the device tool returns at most 8 files of 16 MiB): for .gpu_bundle/kernels
+  [ "${KEEP_KERNELS:-0}" = 1 ] || return 0
   local so
   so=$(find "$GPTQMODEL_TORCH_EXTENSIONS_DIR" "$HOME/.cache/gptqmodel/torch_extensions" -name '*.so' 2>/dev/null)
   [ -n "$so" ] || return 0
