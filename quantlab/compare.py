@@ -150,9 +150,13 @@ def measure_method(method: methods.Method, src: models.ModelSource, settings: me
             row["note"] = (row["note"] + "; " if row["note"] else "") + f"decode floors not measured: {err}"
     if baseline.get("compile_decode"):
         compiled = evaluate.measure_speed(model, tokenizer, protocol.prompt_tokens, protocol.new_tokens,
-                                          repeats=protocol.repeats,
+                                          repeats=protocol.repeats, warmup=2,  # compiling is not timed
                                           generate_kwargs={"cache_implementation": "static"})
         row["decode_tok_s_static_compiled"] = compiled.decode_tok_s
+        quantizer = getattr(model, "hf_quantizer", None)
+        if quantizer is not None and not quantizer.is_compileable:  # transformers then decodes uncompiled
+            row["note"] = ((row["note"] + "; ") if row["note"] else "") + (
+                f"static-cache decode not compiled: transformers does not compile {type(quantizer).__name__} models")
     _free(model, built)
     return row
 
@@ -183,6 +187,9 @@ def run(model_id=None, methods_csv=None, eval_source="shakespeare", out_dir="res
     # bitsandbytes logs "MatMul8bitLt: inputs will be cast ... to float16" on every int8 matmul
     logging.getLogger("bitsandbytes.autograd._functions").setLevel(logging.ERROR)
     device = device or models.default_device()
+    if compile_decode and not device.startswith("cuda"):
+        raise QuantlabError("--compile measures the decode step transformers compiles on a CUDA GPU; this run is on "
+                            f"{device}. Drop --compile, or run on a GPU.")
     include_slow = include_slow or bool(methods_csv)
     names = methods_csv.split(",") if methods_csv else list(methods.REGISTRY)
     chosen = [methods.get(n.strip()) for n in names]
@@ -244,14 +251,15 @@ COLUMNS = [  # (key, header, format)
 ]
 
 
-FLOOR_COLUMNS = [  # measured on a GPU only
+OPTIONAL_COLUMNS = [  # shown only where measured: the floors on a GPU, the compiled decode with --compile
     ("decode_ms", "decode ms/token", "{:.2f}"), ("floor_bandwidth_ms", "bandwidth floor ms", "{:.3f}"),
     ("floor_launch_ms", "launch floor ms", "{:.2f}"),
+    ("decode_tok_s_static_compiled", "decode tok/s (static cache, compiled)", "{:.1f}"),
 ]
 
 
 def markdown_table(rows: list[dict]) -> str:
-    columns = COLUMNS + [c for c in FLOOR_COLUMNS if any(r.get(c[0]) is not None for r in rows)]
+    columns = COLUMNS + [c for c in OPTIONAL_COLUMNS if any(r.get(c[0]) is not None for r in rows)]
     lines = ["| " + " | ".join(h for _, h, _ in columns) + " |", "|" + "---|" * len(columns)]
     for r in rows:
         if r.get("status") != "ok":
@@ -262,14 +270,18 @@ def markdown_table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def markdown_notes(rows: list[dict]) -> list[str]:
+    """One bullet per method with a note (what a number means for it, or why it was not measured)."""
+    return [f"- **{r['method']}**: {r['note']}" for r in rows if r.get("note")]
+
+
 def write_outputs(rows: list[dict], meta: dict, out: Path) -> None:
     out.mkdir(parents=True, exist_ok=True)
     _write_atomic(out / "results.json", json.dumps({"meta": meta, "results": rows}, indent=2, default=str))
-    notes = [f"- **{r['method']}**: {r['note']}" for r in rows if r.get("note")]
     text = [f"# quantlab compare: {meta['model']}", "",
             f"{meta['date']} on {meta['hardware'].get('gpu', 'CPU')} ({meta['device']}); eval text "
             f"{meta['eval_text']}, protocol {meta['protocol']}.", "", _sentence(meta["calibration"]), "",
-            markdown_table(rows), "", *notes]
+            markdown_table(rows), "", *markdown_notes(rows)]
     _write_atomic(out / "results.md", "\n".join(text) + "\n")
     for draw, name in ((plot.ppl_vs_bits, "ppl_vs_bits.png"), (plot.memory_bars, "memory.png"),
                        (plot.decode_speed_bars, "decode_speed.png")):

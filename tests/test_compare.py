@@ -7,6 +7,7 @@ import sys
 import pytest
 
 from quantlab import cli, compare, methods
+from quantlab.errors import QuantlabError
 
 
 def test_env_command_reports_every_method():
@@ -19,6 +20,12 @@ def test_env_command_reports_every_method():
 def test_unknown_method_is_a_clear_error(capsys):
     assert cli.main(["compare", "--methods", "nope", "--quick"]) == 2
     assert "Unknown method 'nope'" in capsys.readouterr().err
+
+
+def test_compile_on_a_cpu_is_a_clear_error(tmp_path):
+    with pytest.raises(QuantlabError, match="Drop --compile"):
+        compare.run(methods_csv="baseline", out_dir=tmp_path, quick=True, compile_decode=True, device="cpu")
+    assert not any(tmp_path.iterdir())  # nothing loaded, nothing written
 
 
 # Methods that need no calibration run: quick on 2 CPU cores. GPTQ and AWQ are tested in test_gptq.py and

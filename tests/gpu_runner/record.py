@@ -10,7 +10,7 @@ import xml.etree.ElementTree as ET
 from collections import defaultdict
 from pathlib import Path
 
-from quantlab.compare import markdown_table
+from quantlab.compare import markdown_notes, markdown_table
 
 RUNS = Path(__file__).resolve().parents[2] / "docs" / "gpu-runs.md"
 HEADER = """# Runs on the offline GPU runner
@@ -46,7 +46,8 @@ def section(outs: list[Path]) -> str:
         lines.append("")
     for results in [o / "compare" / "results.json" for o in outs if (o / "compare" / "results.json").exists()]:
         data = json.loads(results.read_text())
-        lines += [f"Compare ({data['meta']['protocol']}):", "", markdown_table(data["results"]), ""]
+        lines += [f"Compare ({data['meta']['protocol']}):", "", markdown_table(data["results"]), "",
+                  *markdown_notes(data["results"]), ""]
     return "\n".join(lines)
 
 
