@@ -45,7 +45,7 @@ class Protocol:
             return cls(eval_tokens=16384, kl_tokens=4096, prompt_tokens=512, new_tokens=64, repeats=3)
         # A CPU decodes the default model at 5-15 tokens/s in float32, so speed runs dominate the time per
         # method: shorter runs, 2 repeats (plus a warm-up). 25-80 s per method (loading included) on one busy
-        # core: `make run` took 12.6 minutes from an empty cache, GPTQ's 3-minute calibration included.
+        # core: `make run` took 13.1 minutes on a fresh clone, GPTQ's 3-minute calibration included.
         return cls(kl_tokens=1024, prompt_tokens=64, new_tokens=16, repeats=2)
 
 
