@@ -147,7 +147,7 @@ def measure_method(method: methods.Method, src: models.ModelSource, settings: me
             row.update(decode_ms=speed.decode_ms_per_token, floor_bandwidth_ms=floors.bandwidth_ms,
                        floor_launch_ms=floors.launch_ms, kernels_per_token=floors.kernels_per_token)
         except (QuantlabError, RuntimeError) as err:
-            row["note"] = (row["note"] + "; " if row["note"] else "") + f"decode floors not measured: {err}"
+            _append_note(row, f"decode floors not measured: {err}")
     if baseline.get("compile_decode"):
         compiled = evaluate.measure_speed(model, tokenizer, protocol.prompt_tokens, protocol.new_tokens,
                                           repeats=protocol.repeats, warmup=2,  # compiling is not timed
@@ -155,10 +155,14 @@ def measure_method(method: methods.Method, src: models.ModelSource, settings: me
         row["decode_tok_s_static_compiled"] = compiled.decode_tok_s
         quantizer = getattr(model, "hf_quantizer", None)
         if quantizer is not None and not quantizer.is_compileable:  # transformers then decodes uncompiled
-            row["note"] = ((row["note"] + "; ") if row["note"] else "") + (
-                f"static-cache decode not compiled: transformers does not compile {type(quantizer).__name__} models")
+            _append_note(row, "static-cache decode not compiled: transformers does not compile "
+                              f"{type(quantizer).__name__} models")
     _free(model, built)
     return row
+
+
+def _append_note(row: dict, text: str) -> None:
+    row["note"] = f"{row['note']}; {text}" if row.get("note") else text
 
 
 def _baseline_reference(src, settings, protocol, eval_ids, compile_decode) -> dict:
