@@ -271,13 +271,11 @@ print(f"stored weights have at most {2**BITS} values per row and group:",
 #
 # The checkpoint goes into quantlab's cache under the name the comparison harness uses for the same settings
 # (`quantlab.methods` builds `awq-int4` with exactly these calls), so it is made once:
-# `methods.cached_or_quantize` only skips the call when the folder exists. gptqmodel logs a table per layer,
-# hundreds of lines; we keep its logger at warnings (it also writes a log file into `logs/`).
+# `methods.cached_or_quantize` only skips the call when the folder exists, and keeps what the libraries print
+# meanwhile (gptqmodel's table per layer: hundreds of lines) in `quantize.log` beside the checkpoint.
 
 # %% tags=["nbval-ignore-output"]
 from gptqmodel import BACKEND, AWQConfig, GPTQModel
-
-logging.getLogger("logbar").setLevel(logging.WARNING)  # gptqmodel's logger: no table per layer (see above)
 
 model_calibration_ids = data.calibration_token_ids(tokenizer, MODEL_CALIB_SAMPLES, MODEL_CALIB_SEQ_LEN)
 calibration = [{"input_ids": row.tolist(), "attention_mask": [1] * len(row)} for row in model_calibration_ids]

@@ -95,6 +95,8 @@ OUT = Path("results") / "09"
 # are cached by model, method and settings, so methods that notebooks 03-06 already made are not quantized
 # again), then measures it exactly like every other method: weight memory, peak memory, disk size, perplexity,
 # KL divergence and top-1 agreement against the baseline on the same tokens, prefill and decode speed.
+# A method quantized here prints one line: what gptqmodel and optimum print while quantizing (a table and log
+# lines per layer, thousands of lines) goes to `quantize.log` in its checkpoint folder.
 
 # %% tags=["nbval-ignore-output"]
 from quantlab import compare, evaluate, models

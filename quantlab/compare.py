@@ -10,6 +10,7 @@ On a CPU the job is sized for `make run`'s 15 minutes on 2 cores: a reduced cali
 quantization alone would take longer (:data:`SLOW_ON_CPU`) measured only from a cached checkpoint.
 """
 
+import contextlib
 import gc
 import json
 import logging
@@ -204,7 +205,6 @@ def run(model_id=None, methods_csv=None, eval_source="shakespeare", out_dir="res
     eval_ids = data.eval_token_ids(tokenizer, protocol.eval_tokens, source=eval_source)
     started = time.time()
     print(f"quantlab compare: {len(chosen)} methods on {src} ({device}); {calibration_note(settings)}")
-    baseline = _baseline_reference(src, settings, protocol, eval_ids, compile_decode)
     meta = {
         "model": str(src), "eval_text": eval_source, "device": device, "protocol": asdict(protocol),
         "settings": asdict(settings), "calibration": calibration_note(settings), "hardware": env.hardware(),
@@ -218,24 +218,41 @@ def run(model_id=None, methods_csv=None, eval_source="shakespeare", out_dir="res
         _add_deltas(rows)
         write_outputs(rows, {**meta, "wall_seconds": time.time() - started}, Path(out_dir))
 
-    for method in (bar := tqdm(chosen, desc="methods", unit="method")):
-        bar.set_postfix_str(method.name)
-        reason = method.unavailable_reason(device) or (None if include_slow else slow_reason(method, src, settings))
-        if reason:
-            rows.append({"method": method.name, "description": method.description, "status": f"skipped: {reason}"})
+    with _one_progress_bar():
+        baseline = _baseline_reference(src, settings, protocol, eval_ids, compile_decode)
+        for method in (bar := tqdm(chosen, desc="methods", unit="method")):
+            bar.set_postfix_str(method.name)
+            reason = method.unavailable_reason(device) or (None if include_slow else slow_reason(method, src, settings))
+            if reason:
+                rows.append({"method": method.name, "description": method.description, "status": f"skipped: {reason}"})
+                save()
+                continue
+            method_started = time.time()
+            try:
+                rows.append(measure_method(method, src, settings, protocol, tokenizer, eval_ids, baseline))
+            except (QuantlabError, RuntimeError, ValueError, ImportError, OSError) as err:
+                rows.append({"method": method.name, "description": method.description,
+                             "status": f"failed: {type(err).__name__}: {str(err).splitlines()[0][:300]}"})
+            rows[-1]["wall_s"] = time.time() - method_started  # quantizing (unless cached), loading and measuring
             save()
-            continue
-        method_started = time.time()
-        try:
-            rows.append(measure_method(method, src, settings, protocol, tokenizer, eval_ids, baseline))
-        except (QuantlabError, RuntimeError, ValueError, ImportError, OSError) as err:
-            rows.append({"method": method.name, "description": method.description,
-                         "status": f"failed: {type(err).__name__}: {str(err).splitlines()[0][:300]}"})
-        rows[-1]["wall_s"] = time.time() - method_started  # quantizing (unless cached), loading and measuring
-        save()
     print(markdown_table(rows))
     print(_sentence(meta["calibration"]))
     return rows
+
+
+@contextlib.contextmanager
+def _one_progress_bar():
+    """Hide transformers' bar per model load: the run shows one bar, over the methods (each bar is a widget in a
+    notebook, dozens of messages; notebooks/09 loads a model a dozen times)."""
+    from transformers.utils import logging as hf_logging
+
+    shown = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if shown:
+            hf_logging.enable_progress_bar()
 
 
 def _add_deltas(rows: list[dict]) -> None:

@@ -9,10 +9,13 @@ Quantized checkpoints are cached under ``<cache>/quantized/<model>/<method>-<set
 written to a temporary folder and renamed into place.
 """
 
+import contextlib
 import hashlib
 import importlib.util
 import json
+import logging
 import shutil
+import sys
 import tempfile
 import time
 from collections.abc import Callable
@@ -108,7 +111,11 @@ def is_cached(src: ModelSource, method: str, settings: Settings) -> bool:
 
 def cached_or_quantize(target: Path, quantize: Callable[[Path], None]) -> float:
     """Run ``quantize(tmp_folder)`` unless ``target`` exists; return the quantization seconds
-    (measured now, or read back from the cache's ``quantlab.json``)."""
+    (measured now, or read back from the cache's ``quantlab.json``).
+
+    What the libraries print or log meanwhile goes to ``quantize.log`` in the checkpoint folder (see
+    :func:`output_to`); if ``quantize`` fails, the log is kept beside the target and its path added to the error.
+    """
     meta = target / "quantlab.json"
     if meta.is_file():
         return json.loads(meta.read_text())["quantize_seconds"]
@@ -116,14 +123,57 @@ def cached_or_quantize(target: Path, quantize: Callable[[Path], None]) -> float:
     tmp = Path(tempfile.mkdtemp(prefix=".tmp-", dir=target.parent))
     try:
         start = time.perf_counter()
-        quantize(tmp)
+        with output_to(tmp / QUANTIZE_LOG):
+            quantize(tmp)
         seconds = time.perf_counter() - start
         (tmp / "quantlab.json").write_text(json.dumps({"quantize_seconds": seconds}))
         shutil.rmtree(target, ignore_errors=True)
         tmp.rename(target)
+    except BaseException as err:
+        if (tmp / QUANTIZE_LOG).is_file():
+            failed_log = (tmp / QUANTIZE_LOG).replace(target.with_name(f"{target.name}-failed.log"))
+            err.add_note(f"what the libraries printed while quantizing: {failed_log}")
+        raise
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+    print(f"quantized in {seconds:.0f} s; what the libraries printed: {target / QUANTIZE_LOG}")
     return seconds
+
+
+QUANTIZE_LOG = "quantize.log"
+
+
+@contextlib.contextmanager
+def output_to(path: Path):
+    """Send what Python code prints, warns or logs to stdout/stderr into the file ``path`` instead.
+
+    Quantizing the default model, gptqmodel prints a table per layer and optimum logs two lines per layer:
+    thousands of lines that bury a notebook's output, and, in a cell that nbval runs, overflow Jupyter's message
+    buffers so that the end of the cell is lost ("Timeout of 5 seconds exceeded waiting for output"). Progress
+    bars drawn as notebook widgets still show. Logging handlers made meanwhile (a library imported for the first
+    time) write to the screen again afterwards.
+    """
+    stdout, stderr = sys.stdout, sys.stderr
+    screens = {id(s) for s in (stdout, stderr, sys.__stdout__, sys.__stderr__)}
+    restore = {h: h.stream for h in _stream_handlers() if id(h.stream) in screens}
+    # two line-buffered appenders to one file, to tell afterwards which one a new handler took
+    with (open(path, "a", buffering=1) as out, open(path, "a", buffering=1) as err,
+          contextlib.redirect_stdout(out), contextlib.redirect_stderr(err)):
+        for handler in restore:
+            handler.setStream(err)
+        try:
+            yield
+        finally:
+            restore |= {h: stdout if h.stream is out else stderr for h in _stream_handlers() if h.stream in (out, err)}
+            for handler, stream in restore.items():
+                handler.setStream(stream)
+
+
+def _stream_handlers() -> list[logging.StreamHandler]:
+    loggers = [logging.getLogger()] + [lg for lg in logging.Logger.manager.loggerDict.values()
+                                       if isinstance(lg, logging.Logger)]
+    # "stream" of an instance: logging.lastResort's stream is a read-only property, always the current sys.stderr
+    return [h for lg in loggers for h in lg.handlers if isinstance(h, logging.StreamHandler) and "stream" in vars(h)]
 
 
 def _load_checkpoint(path: Path, settings: Settings, **kwargs):

@@ -122,3 +122,42 @@ def test_awq_is_skipped_on_cpu_only_when_not_cached_and_not_asked_for():
     assert "about an hour" in reason and "--methods awq-int4" in reason
     assert compare.slow_reason(methods.get("gptq-int4"), src, uncached) is None
     assert compare.slow_reason(methods.get("awq-int4"), src, methods.Settings(device="cuda", seed=12345)) is None
+
+
+def test_quantizing_keeps_library_output_in_a_log_and_the_screen_clean(tmp_path, monkeypatch, capsys):
+    import logging
+    import sys
+
+    monkeypatch.setenv("QUANTLAB_CACHE", str(tmp_path))
+    old = logging.getLogger("quantlab-test-old")
+    old.addHandler(on_screen := logging.StreamHandler(sys.stderr))
+    made_inside = logging.getLogger("quantlab-test-new")
+
+    def quantize(out):
+        print("a table per layer")
+        old.warning("a log line per layer")
+        made_inside.addHandler(logging.StreamHandler(sys.stdout))  # a library imported for the first time
+        (out / "weights").write_text("w")
+
+    target = tmp_path / "method-abc"
+    methods.cached_or_quantize(target, quantize)
+    log = (target / methods.QUANTIZE_LOG).read_text()
+    assert "a table per layer" in log and "a log line per layer" in log
+    assert on_screen.stream is sys.stderr and made_inside.handlers[0].stream is sys.stdout  # screens again
+    shown = capsys.readouterr()
+    assert "per layer" not in shown.out + shown.err and str(target / methods.QUANTIZE_LOG) in shown.out
+    assert methods.cached_or_quantize(target, quantize) >= 0  # cached: not run again
+    assert capsys.readouterr().out == ""
+
+
+def test_a_failed_quantization_keeps_its_log_and_says_where(tmp_path):
+    def quantize(out):
+        print("what went wrong, in the library's words")
+        raise RuntimeError("kernel missing")
+
+    target = tmp_path / "method-abc"
+    with pytest.raises(RuntimeError, match="kernel missing") as failure:
+        methods.cached_or_quantize(target, quantize)
+    log = tmp_path / "method-abc-failed.log"
+    assert "in the library's words" in log.read_text() and str(log) in failure.value.__notes__[0]
+    assert not target.exists() and [p.name for p in tmp_path.iterdir()] == [log.name]  # no temporary folder left
