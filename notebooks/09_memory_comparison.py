@@ -28,7 +28,7 @@
 #
 # | runtime | CPU (2 cores) | GPU |
 # |---|---|---|
-# | this notebook | about 10 min after notebooks 01-08, with their quantized checkpoints cached (9.5-10 min measured with `make execute`, one thread on a 2-core CPU shared with other jobs); about 11.5 min alone with an empty cache, GPTQ, RTN and the GGUF files made here (nbval of 09 and 10 on a clean clone, 2 threads, 2026-11-27; AWQ is skipped on a CPU without its checkpoint) | about 6 min after notebook 05 and a compare of RTN and GPTQ on the same machine (nbval on an H200, 2026-11-27: those checkpoints and the kernels cached, the rest made here) |
+# | this notebook | about 10 min after notebooks 01-08, with their quantized checkpoints cached (9.5-10 min measured with `make execute`, one thread on a 2-core CPU shared with other jobs); about 12 min alone with an empty cache, GPTQ, RTN and the GGUF files made here (nbval of 09 and 10 on a clean clone: 12.3 min, 2 threads, 2026-11-28; AWQ is skipped on a CPU without its checkpoint) | about 6 min after notebook 05 and a compare of RTN and GPTQ on the same machine (nbval on an H200, 2026-11-27: those checkpoints and the kernels cached, the rest made here) |
 #
 # Every number in this notebook is measured when you run the cell, on your hardware. Nothing is typed in.
 

@@ -37,6 +37,9 @@ def section(outs: list[Path]) -> str:
     lines = [f"## {datetime.date.today()} · {(out / 'gpu.txt').read_text().strip()}", "",
              "Versions: " + "; ".join(" ".join(v.split()) for v in versions), "", "Steps:", "```",
              *[(o / "steps.txt").read_text().strip() for o in outs if (o / "steps.txt").exists()], "```", ""]
+    unit = [(o / "unit.log").read_text().strip().splitlines()[-1] for o in outs if (o / "unit.log").exists()]
+    if unit:
+        lines += ["Unit tests, in the order they ran: " + "; then ".join(u.strip("= ") for u in unit), ""]
     times = {}
     for junit in [junit for o in outs for junit in sorted(o.glob("notebooks*.xml"))]:
         times.update(notebook_times(junit))
