@@ -124,11 +124,10 @@ def test_awq_is_skipped_on_cpu_only_when_not_cached_and_not_asked_for():
     assert compare.slow_reason(methods.get("awq-int4"), src, methods.Settings(device="cuda", seed=12345)) is None
 
 
-def test_quantizing_keeps_library_output_in_a_log_and_the_screen_clean(tmp_path, monkeypatch, capsys):
+def test_quantizing_keeps_library_output_in_a_log_and_the_screen_clean(tmp_path, capsys):
     import logging
     import sys
 
-    monkeypatch.setenv("QUANTLAB_CACHE", str(tmp_path))
     old = logging.getLogger("quantlab-test-old")
     old.addHandler(on_screen := logging.StreamHandler(sys.stderr))
     made_inside = logging.getLogger("quantlab-test-new")
@@ -148,6 +147,8 @@ def test_quantizing_keeps_library_output_in_a_log_and_the_screen_clean(tmp_path,
     assert "per layer" not in shown.out + shown.err and str(target / methods.QUANTIZE_LOG) in shown.out
     assert methods.cached_or_quantize(target, quantize) >= 0  # cached: not run again
     assert capsys.readouterr().out == ""
+    old.removeHandler(on_screen)
+    made_inside.handlers.clear()
 
 
 def test_a_failed_quantization_keeps_its_log_and_says_where(tmp_path):
