@@ -1,6 +1,7 @@
 """quantlab compare end to end (quick settings), the method registry and the CLI."""
 
 import json
+import logging
 import subprocess
 import sys
 
@@ -125,9 +126,6 @@ def test_awq_is_skipped_on_cpu_only_when_not_cached_and_not_asked_for():
 
 
 def test_quantizing_keeps_library_output_in_a_log_and_the_screen_clean(tmp_path, capsys):
-    import logging
-    import sys
-
     old = logging.getLogger("quantlab-test-old")
     old.addHandler(on_screen := logging.StreamHandler(sys.stderr))
     made_inside = logging.getLogger("quantlab-test-new")
