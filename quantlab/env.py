@@ -42,7 +42,7 @@ def hardware() -> dict:
             gpu_count=torch.cuda.device_count(),
             compute_capability=f"{props.major}.{props.minor}",
             gpu_memory_gib=round(props.total_memory / 2**30, 1),
-            bf16=torch.cuda.is_bf16_supported(),
+            bf16_native=torch.cuda.is_bf16_supported(including_emulation=False),
             torch_cuda=torch.version.cuda,
         )
     return info

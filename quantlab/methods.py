@@ -14,6 +14,7 @@ import hashlib
 import importlib.util
 import json
 import logging
+import os
 import shutil
 import sys
 import tempfile
@@ -26,7 +27,7 @@ import torch
 
 from quantlab import ggml, memory
 from quantlab.errors import QuantlabError
-from quantlab.models import ModelSource, cache_dir
+from quantlab.models import ModelSource, cache_dir, remove_abandoned_temp_dirs
 
 
 @dataclass(frozen=True)
@@ -58,9 +59,16 @@ class Built:
     quantize_seconds: float | None  # None for the baseline
     checkpoint: Path | None  # what is on disk (folder or .gguf file), for its size
     note: str = ""
+    disk_bytes: int | None = None  # the size on disk where no checkpoint is kept (bitsandbytes quantizes on load)
     # The weights' bytes as stored, where the loaded model holds them in another form (transformers
     # dequantizes GGUF on load): the file's tensor data, for the bits-per-weight of the Pareto plot.
     stored_bytes: int | None = None
+
+    def disk_size(self) -> int | None:
+        """Bytes on disk: the kept checkpoint's, or those measured before it was deleted; None for neither."""
+        if self.disk_bytes is not None:
+            return self.disk_bytes
+        return memory.disk_bytes(self.checkpoint) if self.checkpoint else None
 
 
 @dataclass(frozen=True)
@@ -120,7 +128,8 @@ def cached_or_quantize(target: Path, quantize: Callable[[Path], None]) -> float:
     if meta.is_file():
         return json.loads(meta.read_text())["quantize_seconds"]
     target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=".tmp-", dir=target.parent))
+    remove_abandoned_temp_dirs(target.parent)  # left by a quantization that was killed
+    tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{os.getpid()}-", dir=target.parent))
     try:
         start = time.perf_counter()
         with output_to(tmp / QUANTIZE_LOG):
@@ -192,6 +201,26 @@ def _calibration_texts(src: ModelSource, settings: Settings) -> list[str]:
                                   source=settings.calib_source)
 
 
+@contextlib.contextmanager
+def gptqmodel_environment():
+    """The two gptqmodel settings a small CPU machine needs, for the duration of a build, then restored.
+
+    gptqmodel 7.6 reads them from the environment when it first builds its worker pool and packs a layer:
+    ``GPTQMODEL_CPU_WORKERS`` (its default, (cores + 1) // 2, is smaller than the 2 workers its model loader asks
+    for on a 2-core machine: "Virtual pool 'model_loader:cpu' requests 2 workers but parent 'cpu' only has 1") and
+    ``GPTQMODEL_DISABLE_PACK_EXT`` (Python packing instead of a C++ extension that takes a minute to compile).
+    Values the reader has set win. Notebooks 03-05 set the same two in their setup cells, in plain sight.
+    """
+    wanted = {"GPTQMODEL_CPU_WORKERS": str(max(2, os.cpu_count() or 2)), "GPTQMODEL_DISABLE_PACK_EXT": "1"}
+    added = [name for name in wanted if name not in os.environ]
+    os.environ.update({name: wanted[name] for name in added})
+    try:
+        yield
+    finally:
+        for name in added:
+            os.environ.pop(name, None)
+
+
 # --- builders: one per method family ------------------------------------------------------------------
 
 
@@ -207,9 +236,11 @@ def _bnb_builder(make_config: Callable[[Settings], object]) -> Callable[[ModelSo
         start = time.perf_counter()
         model = _load_checkpoint(Path(src.path), s, dtype=s.torch_dtype, quantization_config=make_config(s))
         seconds = time.perf_counter() - start
-        saved = Path(tempfile.mkdtemp(prefix="quantlab-bnb-"))  # saved only to measure its size on disk
-        model.save_pretrained(saved)
-        return Built(model, seconds, saved, "quantized on load; checkpoint saved to measure its size")
+        with tempfile.TemporaryDirectory(prefix="quantlab-bnb-") as saved:  # saved only to measure its size
+            model.save_pretrained(saved)
+            size = memory.disk_bytes(saved)
+        return Built(model, seconds, None, "quantized on load; checkpoint saved to measure its size, then deleted",
+                     disk_bytes=size)
 
     return build
 
@@ -249,6 +280,7 @@ def _gptq_dtype(s: Settings) -> torch.dtype:
     return torch.float32 if s.device == "cpu" else torch.float16
 
 
+@gptqmodel_environment()
 def build_gptq(src: ModelSource, s: Settings) -> Built:
     """transformers' GPTQConfig (optimum + gptqmodel underneath), calibrated on offline text."""
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, GPTQConfig
@@ -267,6 +299,7 @@ def build_gptq(src: ModelSource, s: Settings) -> Built:
     return Built(_load_checkpoint(target, s), seconds, target)
 
 
+@gptqmodel_environment()
 def build_rtn(src: ModelSource, s: Settings) -> Built:
     """gptqmodel's RTNConfig: load, quantize (no calibration), save; transformers loads the result."""
 
@@ -309,6 +342,7 @@ def awq_calibration(src: ModelSource, s: Settings) -> list[dict]:
     return [{"input_ids": row.tolist(), "attention_mask": [1] * len(row)} for row in ids]
 
 
+@gptqmodel_environment()
 def build_awq(src: ModelSource, s: Settings) -> Built:
     """gptqmodel's AWQConfig: load, quantize on equal-length calibration rows, save; transformers loads the result.
     The same calls as notebooks/05, so a checkpoint made there for the same settings is reused here."""

@@ -16,7 +16,6 @@ import shutil
 import socket
 import tempfile
 from dataclasses import dataclass
-from functools import cache
 from pathlib import Path
 
 import torch
@@ -56,9 +55,13 @@ def default_device() -> str:
 
 
 def default_dtype(device: str | None = None) -> torch.dtype:
-    """float32 on CPU; bfloat16 on a GPU that has it, else float16 (a T4 has no bf16)."""
-    if (device or default_device()).startswith("cuda"):
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    """float32 on CPU; bfloat16 on a GPU with bf16 arithmetic (compute capability 8.0, Ampere, and newer), else
+    float16. Not ``torch.cuda.is_bf16_supported()``: by default it counts emulation and says True on a T4 (7.5),
+    where bf16 runs slowly and some kernels (gptqmodel's AWQ GEMM) do not build."""
+    device = device or default_device()
+    if device.startswith("cuda"):
+        major, _ = torch.cuda.get_device_capability(torch.device(device))
+        return torch.bfloat16 if major >= 8 else torch.float16
     return torch.float32
 
 
@@ -67,9 +70,9 @@ def hub_offline_requested() -> bool:
     return any(flag in ("1", "true", "yes") for flag in flags)
 
 
-@cache
 def hub_reachable(timeout: float = 3.0) -> bool:
-    """True when the hub answers on port 443 and offline mode is not requested. Checked once per process."""
+    """True when the hub answers on port 443 and offline mode is not requested. Asked anew on every call (at most
+    ``timeout`` seconds), so that a session that goes online or offline is noticed."""
     if hub_offline_requested():
         return False
     try:
@@ -138,12 +141,13 @@ def resolve(model_id: str | None = None, source: str = "auto") -> ModelSource:
     local = Path(model_id).expanduser()
     if source == "auto" and local.is_dir():
         return ModelSource(model_id, str(local), "local folder")
-    if source == "bundled" or (source == "auto" and model_id == DEFAULT_MODEL and not hub_reachable()):
+    online = source != "bundled" and hub_reachable()
+    if source == "bundled" or (source == "auto" and model_id == DEFAULT_MODEL and not online):
         if model_id != DEFAULT_MODEL:
             raise QuantlabError(f"Only the default model {DEFAULT_MODEL} is bundled; {model_id!r} is not.")
         path = convert_bundled_gguf()
         return ModelSource(model_id, str(path), "bundled GGUF", f"{BUNDLED_DIST}'s Q4_1 file, dequantized")
-    if hub_reachable():
+    if online:
         return ModelSource(model_id, _hub_download(model_id), "hub")
     snapshot = _hub_cache_snapshot(model_id)
     if snapshot:
@@ -155,8 +159,8 @@ def resolve(model_id: str | None = None, source: str = "auto") -> ModelSource:
     )
 
 
-def _remove_abandoned_temp_dirs(parent: Path) -> None:
-    """Delete ``.tmp-<pid>-*`` folders whose process is gone (an interrupted conversion)."""
+def remove_abandoned_temp_dirs(parent: Path) -> None:
+    """Delete ``.tmp-<pid>-*`` folders whose process is gone (an interrupted conversion or quantization)."""
     for tmp in parent.glob(".tmp-*"):
         pid = tmp.name.split("-")[1]
         if not (pid.isdigit() and Path(f"/proc/{pid}").exists()):
@@ -173,7 +177,7 @@ def convert_bundled_gguf() -> Path:
     if (target / "config.json").is_file():
         return target
     gguf = bundled_gguf_path()
-    _remove_abandoned_temp_dirs(target.parent)
+    remove_abandoned_temp_dirs(target.parent)
     tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{os.getpid()}-", dir=target.parent))
     try:
         from transformers import AutoModelForCausalLM, AutoTokenizer

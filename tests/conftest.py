@@ -4,6 +4,10 @@ import os
 
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["TRANSFORMERS_OFFLINE"] = "1"
+# gptqmodel on a 2-core machine, as notebook 03's setup cell explains: a worker count its model loader accepts,
+# and Python packing instead of a C++ extension that takes a minute to compile.
+os.environ.setdefault("GPTQMODEL_CPU_WORKERS", str(max(2, os.cpu_count() or 2)))
+os.environ.setdefault("GPTQMODEL_DISABLE_PACK_EXT", "1")
 
 import pytest  # noqa: E402
 import torch  # noqa: E402

@@ -2,8 +2,10 @@
 
 import json
 import logging
+import os
 import subprocess
 import sys
+import tempfile
 
 import pytest
 
@@ -56,9 +58,35 @@ def test_gptq_calibrates_llama_blocks_in_four_groups():
 
 @pytest.fixture(scope="module")
 def quick_results(tmp_path_factory):
-    out = tmp_path_factory.mktemp("compare")
-    assert cli.main(["compare", "--quick", "--methods", ",".join(QUICK_METHODS), "--out", str(out)]) == 0
+    """The quick run's output folder and rows; the run's temp folder is a fresh one, kept for inspection."""
+    out, temp = tmp_path_factory.mktemp("compare"), tmp_path_factory.mktemp("temp")
+    saved, tempfile.tempdir = tempfile.tempdir, str(temp)
+    try:
+        assert cli.main(["compare", "--quick", "--methods", ",".join(QUICK_METHODS), "--out", str(out)]) == 0
+    finally:
+        tempfile.tempdir = saved
+    QUICK_RUN_TEMP.append(temp)
     return out, {r["method"]: r for r in json.loads((out / "results.json").read_text())["results"]}
+
+
+QUICK_RUN_TEMP = []
+
+
+def test_compare_leaves_no_temporary_files_behind(quick_results):
+    from quantlab import models
+
+    assert list(QUICK_RUN_TEMP[0].iterdir()) == []  # bitsandbytes' size-measuring copies are deleted
+    assert list(models.cache_dir().rglob(".tmp-*")) == []
+    out, rows = quick_results
+    assert rows["bnb-nf4"]["disk_mb"] > 0  # measured before the copy was deleted
+
+
+def test_a_killed_quantization_is_cleaned_up_by_the_next_one(tmp_path):
+    stale = tmp_path / ".tmp-999999999-abandoned"  # no such process
+    live = tmp_path / f".tmp-{os.getpid()}-in-progress"  # this process: perhaps another thread's
+    stale.mkdir(), live.mkdir()
+    methods.cached_or_quantize(tmp_path / "method-abc", lambda out: (out / "weights").write_text("w"))
+    assert not stale.exists() and live.exists()
 
 
 def test_rtn_is_stored_like_gptq_so_that_both_load_with_the_same_kernel(quick_results):

@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 
 from quantlab import generate, models
 from quantlab.errors import QuantlabError
@@ -115,3 +116,30 @@ def test_online_models_resolve_to_a_local_snapshot_of_one_weight_format(monkeypa
     assert (src.path, src.origin) == ("/snapshots/org/model", "hub")
     assert weights in downloaded[0] and not {"*.bin", "*.safetensors"} - {weights} & set(downloaded[0])
     assert not any(p.endswith((".onnx", ".h5")) for p in downloaded[0])
+
+
+@pytest.mark.parametrize(("capability", "expected"), [((7, 5), torch.float16), ((8, 0), torch.bfloat16),
+                                                      ((9, 0), torch.bfloat16)])
+def test_the_gpu_dtype_follows_the_compute_capability(monkeypatch, capability, expected):
+    """A T4 (7.5) gets float16 although torch, counting emulation, says it supports bf16 (as on Colab)."""
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda including_emulation=True: including_emulation)
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: capability)
+    assert models.default_dtype("cuda") is expected
+    assert models.default_dtype("cpu") is torch.float32
+
+
+def test_the_hub_is_asked_again_on_every_call(monkeypatch):
+    """Going online mid-session is noticed: nothing remembers the first answer."""
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.delenv("TRANSFORMERS_OFFLINE", raising=False)
+    answers = iter([OSError("offline"), None])
+
+    def connect(address, timeout):
+        answer = next(answers)
+        if answer:
+            raise answer
+        return type("Socket", (), {"close": lambda self: None})()
+
+    monkeypatch.setattr(models.socket, "create_connection", connect)
+    assert models.hub_reachable() is False
+    assert models.hub_reachable() is True
