@@ -57,6 +57,10 @@ logging.getLogger("torch.utils._pytree").setLevel(logging.ERROR)
 from logbar import LogBar  # gptqmodel's logger: created here at WARNING, so no banner and no INFO lines
 
 LogBar.shared().setLevel("WARNING")
+# On CPUs with AVX512-BF16, importing bitsandbytes asks the `kernels` package for a matmul kernel from the hub
+# and warns when it cannot have one ("Failed to load CPU gemm_4bit_forward from kernels-community"); it then
+# uses its own kernel, which is what this notebook measures.
+logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(logging.ERROR)
 # %matplotlib inline
 
 import warnings
@@ -249,7 +253,31 @@ print("dequantized weight identical to F.dequantize_4bit:", torch.equal(ours, F.
 # of [-1, 1] and looks up that point's nearest code value in a precomputed table
 # (`quantlab.nf4.nearest_code_table`). A value within 1.5e-5 of the midpoint between two code values can
 # therefore go to the farther one; a plain nearest-value search disagrees with bitsandbytes on a few of the
-# absmax codes (exercise-free check: replace the table with `torch.argmin` over the 16 values and compare). bitsandbytes' CUDA kernels are separate code; this notebook checks the CPU path only.
+# absmax codes (replace the table with `torch.argmin` over the 16 values to count them). bitsandbytes' CUDA
+# kernels are separate code; this notebook checks the CPU path only.
+#
+# **Which CPU path.** bitsandbytes 0.50 has two CPU implementations of `dequantize_4bit`: plain torch, and, on
+# CPUs where torch reports AVX512 (`torch.backends.cpu.get_cpu_capability()`), a C++ kernel. The C++ kernel
+# assumes that a row of the matrix holds whole blocks of 64; bitsandbytes' quantizer counts blocks over the
+# flattened matrix. For a weight whose rows are not a multiple of 64 long, the two disagree and the C++ kernel
+# returns wrong values. This model's weights are all multiples of 64 wide, so the models below are unaffected;
+# the next cell shows the case on a random 3 × 96 matrix, whatever your CPU.
+#
+# %% tags=["nbval-ignore-output"]
+avx512 = torch.backends.cpu.get_cpu_capability() == "AVX512"
+print("this CPU, as torch sees it:", "AVX512: bitsandbytes' C++ kernel" if avx512 else "no AVX512: bitsandbytes' torch code")
+narrow = torch.randn(3, 96, generator=torch.Generator().manual_seed(SEED))  # 288 values: blocks cross the rows
+packed_narrow, state_narrow = F.quantize_4bit(narrow, blocksize=64, quant_type="nf4", compress_statistics=False)
+reference = nf4.dequantize_nf4(packed_narrow, state_narrow.absmax, narrow.shape)  # blocks over the flat matrix
+by_bnb = F.dequantize_4bit(packed_narrow, state_narrow)
+print("bitsandbytes' dequantize_4bit agrees with its own quantizer's blocks:", torch.equal(by_bnb, reference))
+print(f"largest difference: {(by_bnb - reference).abs().max():.3g}")
+
+# %%
+# NBVAL_CHECK_OUTPUT
+print("as described above for this CPU (wrong with AVX512, right without):", torch.equal(by_bnb, reference) != avx512)
+
+# %% [markdown]
 #
 # How much does double quantization cost in accuracy? Compare the weight rebuilt from exact and from 8-bit
 # absmax values:
@@ -435,12 +463,11 @@ print(generate(peft_model, tokenizer, PROMPT, max_new_tokens=20))
 # which removes the adapters without merging) and attach the adapter with `PeftModel.from_pretrained`.
 
 # %% tags=["nbval-ignore-output"]
-import tempfile
 from pathlib import Path
 
 from peft import PeftModel
 
-adapter_dir = Path(tempfile.mkdtemp(prefix="quantlab-qlora-")) / "adapter"
+adapter_dir = Path("results/08/adapter")  # beside this notebook; saving again overwrites it
 peft_model.save_pretrained(adapter_dir)
 for file in sorted(adapter_dir.iterdir()):
     print(f"{file.name:28s} {memory.disk_bytes(file) / memory.MB:6.2f} MB")

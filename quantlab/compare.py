@@ -216,7 +216,9 @@ def run(model_id=None, methods_csv=None, eval_source="shakespeare", out_dir="res
         _add_deltas(rows)
         write_outputs(rows, {**meta, "wall_seconds": time.time() - started}, Path(out_dir))
 
-    with _one_progress_bar(), _logger_level("bitsandbytes.autograd._functions", logging.ERROR):
+    with _one_progress_bar(), contextlib.ExitStack() as quiet:
+        for name in QUIET_LOGGERS:
+            quiet.enter_context(methods.logger_level(name, logging.ERROR))
         baseline = _baseline_reference(src, settings, protocol, eval_ids, compile_decode)
         for method in (bar := tqdm(chosen, desc="methods", unit="method")):
             bar.set_postfix_str(method.name)
@@ -238,6 +240,14 @@ def run(model_id=None, methods_csv=None, eval_source="shakespeare", out_dir="res
     return rows
 
 
+# Loggers kept at errors during a run, each for a notice that repeats or concerns nothing the run measures.
+QUIET_LOGGERS = {
+    "bitsandbytes.autograd._functions": 'every int8 matmul: "MatMul8bitLt: inputs will be cast ... to float16"',
+    "torchao": "at its import (by transformers): two of its compiled kernels are for other builds",
+    "torch.utils._pytree": "at torchao's import: it registers its enums the way torch 2.13 deprecates",
+}
+
+
 @contextlib.contextmanager
 def _one_progress_bar():
     """Hide transformers' bar per model load: the run shows one bar, over the methods (each bar is a widget in a
@@ -251,19 +261,6 @@ def _one_progress_bar():
     finally:
         if shown:
             hf_logging.enable_progress_bar()
-
-
-@contextlib.contextmanager
-def _logger_level(name: str, level: int):
-    """Set one logger's level for the run, then restore it. bitsandbytes logs "MatMul8bitLt: inputs will be cast
-    ... to float16" on every int8 matmul."""
-    logger = logging.getLogger(name)
-    previous = logger.level
-    logger.setLevel(level)
-    try:
-        yield
-    finally:
-        logger.setLevel(previous)
 
 
 def _add_deltas(rows: list[dict]) -> None:

@@ -178,6 +178,18 @@ def output_to(path: Path):
                 handler.setStream(stream)
 
 
+@contextlib.contextmanager
+def logger_level(name: str, level: int):
+    """Set one logger's level for the duration, then restore it."""
+    logger = logging.getLogger(name)
+    previous = logger.level
+    logger.setLevel(level)
+    try:
+        yield
+    finally:
+        logger.setLevel(previous)
+
+
 def _stream_handlers() -> list[logging.StreamHandler]:
     loggers = [logging.getLogger()] + [lg for lg in logging.Logger.manager.loggerDict.values()
                                        if isinstance(lg, logging.Logger)]
@@ -234,7 +246,9 @@ def _bnb_builder(make_config: Callable[[Settings], object]) -> Callable[[ModelSo
 
     def build(src: ModelSource, s: Settings) -> Built:
         start = time.perf_counter()
-        model = _load_checkpoint(Path(src.path), s, dtype=s.torch_dtype, quantization_config=make_config(s))
+        # on AVX512-BF16 CPUs bitsandbytes warns at import that the `kernels` package cannot fetch it a hub kernel
+        with logger_level("bitsandbytes.backends.cpu.ops", logging.ERROR):
+            model = _load_checkpoint(Path(src.path), s, dtype=s.torch_dtype, quantization_config=make_config(s))
         seconds = time.perf_counter() - start
         with tempfile.TemporaryDirectory(prefix="quantlab-bnb-") as saved:  # saved only to measure its size
             model.save_pretrained(saved)
