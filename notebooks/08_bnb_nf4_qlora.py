@@ -348,7 +348,21 @@ print(f"measured / estimate: {measured_4bit / estimate_4bit:.2f}")
 
 # %% [markdown]
 # The measured size is a little above the estimate: every layer also stores its 16-value NF4 table and its
-# 256-value 8-bit code, 1088 bytes per layer. Perplexity on the eval text (non-overlapping windows of `SEQ_LEN` tokens):
+# 256-value 8-bit code, 1088 bytes per layer.
+#
+# One more CPU detail: the size was measured right after loading. On CPUs with AVX512-BF16, bitsandbytes repacks
+# each 4-bit weight for its CPU matmul at the first forward pass (its block scales become bfloat16 and the double
+# quantization is undone), so `weight_bytes` grows a little from then on; elsewhere, and on a GPU, nothing
+# changes. The next cell measures it again after one forward pass, on your machine:
+
+# %% tags=["nbval-ignore-output"]
+with torch.inference_mode():
+    model_4bit(torch.tensor([[tokenizer.bos_token_id or 0]], device=model_4bit.device))
+print(f"after one forward pass: {memory.weight_bytes(model_4bit) / memory.MB:.2f} MB "
+      f"(right after loading: {measured_4bit / memory.MB:.2f} MB)")
+
+# %% [markdown]
+# Perplexity on the eval text (non-overlapping windows of `SEQ_LEN` tokens):
 
 # %% tags=["nbval-ignore-output"]
 from quantlab import evaluate
