@@ -12,8 +12,11 @@ TORCH_SPEC ?= torch==2.13.0
 OUT        ?= results
 
 # Tests and notebooks run offline on the bundled model, the same on every machine.
-# TQDM_DISABLE: no progress bars in executed notebooks' committed outputs (readers still see them in Jupyter).
-TEST_ENV := HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 MPLBACKEND=Agg PYTHONHASHSEED=0 TQDM_DISABLE=1
+# No progress bars in executed notebooks' committed outputs (readers still see them in Jupyter): huggingface_hub's
+# switch, which transformers follows, and tqdm's own (a notebook's tqdm widgets ignore it: cells tagged
+# progress-bar keep theirs, tests/test_notebook_outputs.py).
+TEST_ENV := HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 MPLBACKEND=Agg PYTHONHASHSEED=0 HF_HUB_DISABLE_PROGRESS_BARS=1 \
+	TQDM_DISABLE=1
 
 .PHONY: install run test unit notebooks lint sync execute clean colab runtimes
 
