@@ -104,10 +104,11 @@ def bundled_checkpoint_dir() -> Path:
 
 def _hub_cache_snapshot(model_id: str) -> str | None:
     from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import HFValidationError, LocalEntryNotFoundError
 
     try:
         return snapshot_download(model_id, local_files_only=True)
-    except Exception:  # not cached, or not a valid repo id: either way not usable offline
+    except (LocalEntryNotFoundError, HFValidationError):  # not cached, or not a valid repo id: not usable offline
         return None
 
 
@@ -115,14 +116,17 @@ def _hub_download(model_id: str) -> str:
     """Download (or reuse from the cache) a hub model's config, tokenizer and weights in one format, and
     return the local snapshot folder, so that code which writes files from a checkpoint (GGUF conversion,
     notebook 06) works the same online and offline."""
+    import httpx
     from huggingface_hub import HfApi, snapshot_download
+    from huggingface_hub.errors import HFValidationError
 
     try:
         files = [sibling.rfilename for sibling in HfApi().model_info(model_id).siblings]
         weights = "*.safetensors" if any(f.endswith(".safetensors") for f in files) else "*.bin"
         return snapshot_download(model_id, allow_patterns=["*.json", "*.txt", "*.model", "*.tiktoken", "*.py",
                                                            weights])
-    except Exception as err:  # unknown or gated repository, network error: say which and what to do
+    # HfHubHTTPError (unknown or gated repository, ...) and OfflineModeIsEnabled are OSErrors; httpx's are the network's
+    except (OSError, httpx.HTTPError, HFValidationError) as err:
         raise QuantlabError(f"Could not download {model_id!r} from the Hugging Face hub ({type(err).__name__}: "
                             f"{err}). Check the id (and `huggingface-cli login` for gated models), or pass a "
                             "local checkpoint folder.") from err
