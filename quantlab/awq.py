@@ -17,6 +17,7 @@ also searches a clipping range for every group afterwards; that step is left out
 import torch
 
 from quantlab import gptq
+from quantlab.errors import QuantlabError
 
 ALPHA_GRID = tuple(i / 20 for i in range(20))  # 0, 0.05, ..., 0.95
 
@@ -35,6 +36,7 @@ def scales_for(magnitude: torch.Tensor, alpha: float) -> torch.Tensor:
 def quantize_scaled(weight: torch.Tensor, scales: torch.Tensor, bits: int = 4, group_size: int | None = 128):
     """``Q(W diag(s)) diag(s)⁻¹``: the float weight that the scaled, quantized layer applies to the unscaled
     input (the division by ``s`` stands for the folding into the previous operation)."""
+    _check_width(weight, scales, "scales")
     w = weight.detach().float()
     return gptq.rtn_quantize(w * scales, bits, group_size) / scales
 
@@ -46,11 +48,24 @@ def output_error(weight: torch.Tensor, quantized: torch.Tensor, inputs: torch.Te
     return (x @ (quantized.float() - weight.detach().float()).T).norm().item()
 
 
+def _check_width(weight: torch.Tensor, per_input: torch.Tensor, name: str) -> None:
+    """``per_input`` must have one value (or column) per input channel of ``weight`` [out, in]."""
+    if weight.ndim != 2 or per_input.ndim == 0 or per_input.shape[-1] != weight.shape[-1]:
+        raise QuantlabError(
+            f"{name} of shape {tuple(per_input.shape)} do not fit a weight of shape {tuple(weight.shape)}: AWQ needs "
+            f"one value per input channel, a last axis of {weight.shape[-1]}. Use this layer's own inputs "
+            "(gptq.layer_inputs(model, layer, token_ids)) and the scales search_scales finds for them."
+        )
+
+
 @torch.no_grad()
 def search_scales(weight: torch.Tensor, inputs: torch.Tensor, bits: int = 4, group_size: int | None = 128,
                   alphas=ALPHA_GRID) -> tuple[torch.Tensor, float, list[float]]:
     """AWQ's grid search for one layer: the best scales, their α, and the output error of every α.
     Runs in float32 where ``inputs`` are (``gptq.layer_inputs`` gives them on the CPU, whatever the model's device)."""
+    _check_width(weight, inputs, "inputs")
+    if not len(alphas):
+        raise QuantlabError("alphas is empty: give at least one exponent to try, e.g. awq.ALPHA_GRID.")
     weight = weight.detach().float().to(inputs.device)
     magnitude = input_magnitude(inputs)
     errors = [output_error(weight, quantize_scaled(weight, scales_for(magnitude, a), bits, group_size), inputs)

@@ -13,10 +13,15 @@ def _env(args) -> None:
 
 
 def _compare(args) -> None:
+    """Run the comparison; when a method failed, exit non-zero (after every result is written) naming why."""
     from quantlab.compare import run
 
-    run(model_id=args.model, methods_csv=args.methods, eval_source=args.eval_text, out_dir=args.out,
-        quick=args.quick, compile_decode=args.compile, include_slow=args.include_slow)
+    rows = run(model_id=args.model, methods_csv=args.methods, eval_source=args.eval_text, out_dir=args.out,
+               quick=args.quick, compile_decode=args.compile, include_slow=args.include_slow)
+    failed = [f"{row['method']} {row['status']}" for row in rows if row["status"].startswith("failed")]
+    if failed:
+        raise QuantlabError(f"{len(failed)} of {len(rows)} methods failed; every result, these included, is in "
+                            f"{args.out}/results.md. " + " ".join(failed))
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -15,6 +15,7 @@ import gc
 import json
 import logging
 import platform
+import tempfile
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -193,9 +194,9 @@ def run(model_id=None, methods_csv=None, eval_source="shakespeare", out_dir="res
     if compile_decode and not device.startswith("cuda"):
         raise QuantlabError("--compile measures the decode step transformers compiles on a CUDA GPU; this run is on "
                             f"{device}. Drop --compile, or run on a GPU.")
-    include_slow = include_slow or bool(methods_csv)
-    names = methods_csv.split(",") if methods_csv else list(methods.REGISTRY)
-    chosen = [methods.get(n.strip()) for n in names]
+    include_slow = include_slow or methods_csv is not None
+    chosen = chosen_methods(methods_csv)
+    check_writable(Path(out_dir))  # before anything is measured, so that no result is lost
     src = models.resolve(model_id)
     tokenizer = AutoTokenizer.from_pretrained(src.path)
     protocol = Protocol.for_device(device, quick)
@@ -231,13 +232,41 @@ def run(model_id=None, methods_csv=None, eval_source="shakespeare", out_dir="res
             try:
                 rows.append(measure_method(method, src, settings, protocol, tokenizer, eval_ids, baseline))
             except (QuantlabError, RuntimeError, ValueError, ImportError, OSError) as err:
-                rows.append({"method": method.name, "description": method.description,
-                             "status": f"failed: {type(err).__name__}: {str(err).splitlines()[0][:300]}"})
+                rows.append({"method": method.name, "description": method.description, "status": failure(err)})
             rows[-1]["wall_s"] = time.time() - method_started  # quantizing (unless cached), loading and measuring
             save()
     print(markdown_table(rows))
     print(_sentence(meta["calibration"]))
     return rows
+
+
+def chosen_methods(methods_csv: str | None) -> list[methods.Method]:
+    """The methods ``--methods`` names (comma-separated), every registered one for None; an empty name is refused."""
+    if methods_csv is None:
+        return list(methods.REGISTRY.values())
+    names = [name.strip() for name in methods_csv.split(",")]
+    if not all(names):
+        raise QuantlabError(f"--methods {methods_csv!r} contains an empty method name. Give comma-separated names "
+                            f"from {', '.join(methods.REGISTRY)}, e.g. --methods baseline,gptq-int4, or leave "
+                            "--methods out to run them all.")
+    return [methods.get(name) for name in names]
+
+
+def check_writable(out: Path) -> None:
+    """Create the output folder and write a file into it, or say why that fails, before hours are spent measuring."""
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=out, prefix=".write-test-"):
+            pass
+    except OSError as err:
+        raise QuantlabError(f"The output folder {out} cannot be created or written to ({err.strerror or err}). "
+                            "Pass --out a folder you can write to (it is created if missing).") from err
+
+
+def failure(err: Exception) -> str:
+    """A failed method's status: the error's first line (a QuantlabError's whole message: it ends with the fix)."""
+    first = str(err).splitlines()[0] if str(err) else ""
+    return f"failed: {type(err).__name__}: {first if isinstance(err, QuantlabError) else first[:300]}"
 
 
 # Loggers kept at errors during a run, each for a notice that repeats or concerns nothing the run measures.

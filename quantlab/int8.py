@@ -20,6 +20,8 @@ larger than the textbook formula here; pass ``output_scale=BNB_CPU_OUTPUT_SCALE`
 
 import torch
 
+from quantlab.errors import QuantlabError, check_non_negative
+
 INT8_MAX = 127
 BNB_CPU_OUTPUT_SCALE = 6.200124e-05  # bitsandbytes 0.50.2, backends/default/ops.py: int8_mm_dequant
 
@@ -42,6 +44,7 @@ def quantize_weight(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 
 def outlier_columns(x: torch.Tensor, threshold: float) -> torch.Tensor:
     """Indices of the feature dimensions (columns of ``[tokens, in]``) holding any ``|x| >= threshold``."""
+    check_non_negative("threshold", threshold, "LLM.int8() uses 6.0; 0 switches the outlier decomposition off.")
     if threshold <= 0:
         return torch.empty(0, dtype=torch.long)
     return torch.nonzero((x.abs() >= threshold).any(dim=0)).flatten()
@@ -58,9 +61,20 @@ def quantize_activations(x: torch.Tensor, threshold: float) -> tuple[torch.Tenso
     return q, absmax, columns
 
 
+def _check_int8_weight(x: torch.Tensor, weight_int8: torch.Tensor, weight_absmax: torch.Tensor) -> None:
+    """The int8 weight [out, in] must take ``x``'s features and come with one absmax per output row."""
+    if weight_int8.ndim != 2 or x.shape[-1:] != weight_int8.shape[1:] or weight_absmax.shape != weight_int8.shape[:1]:
+        raise QuantlabError(
+            f"int8_linear needs x [..., in], an int8 weight [out, in] and its absmax [out]; got x "
+            f"{tuple(x.shape)}, weight {tuple(weight_int8.shape)}, absmax {tuple(weight_absmax.shape)}. Pass both "
+            "halves of quantize_weight(layer.weight) for the layer that x feeds."
+        )
+
+
 def int8_linear(x: torch.Tensor, weight_int8: torch.Tensor, weight_absmax: torch.Tensor, threshold: float = 6.0,
                 bias: torch.Tensor | None = None, output_scale: float = 1 / INT8_MAX**2) -> torch.Tensor:
     """``x @ W.T + bias`` the LLM.int8() way, for a float32 ``x`` of shape ``[..., in]``."""
+    _check_int8_weight(x, weight_int8, weight_absmax)
     x2d = x.reshape(-1, x.shape[-1])
     q, x_absmax, columns = quantize_activations(x2d, threshold)
     accumulated = q.to(torch.int32) @ weight_int8.to(torch.int32).T  # exact integer matmul

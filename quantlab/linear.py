@@ -33,7 +33,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from quantlab.errors import QuantlabError
+from quantlab.errors import check_bits, check_group_size
 
 SMALLEST_SCALE = 1e-12  # the scale of an all-zero group, which would otherwise divide by zero
 
@@ -59,17 +59,14 @@ def _grouped(w: torch.Tensor, group_size: int | str | None) -> torch.Tensor:
     rows = w.detach().float().reshape(-1, w.shape[-1])
     if group_size == "tensor":
         return rows.reshape(1, -1)
-    if group_size is None:
-        group_size = rows.shape[1]
-    if not isinstance(group_size, int) or group_size < 1:
-        raise QuantlabError(f"group_size must be a positive int, None (per row) or 'tensor', not {group_size!r}.")
+    group_size = check_group_size(group_size, "None (one group per row) or 'tensor' (one for the tensor)")
+    group_size = group_size or rows.shape[1]
     return F.pad(rows, (0, -rows.shape[1] % group_size)).reshape(-1, group_size)
 
 
 def quantize(w: torch.Tensor, bits: int, group_size: int | str | None = None, symmetric: bool = True) -> Quantized:
     """Round ``w`` to ``bits``-bit integer codes, absmax (``symmetric``) or zero-point, one scale per group."""
-    if not 2 <= bits <= 8:
-        raise QuantlabError(f"bits must be between 2 and 8, not {bits}.")
+    bits = check_bits(bits)
     groups = _grouped(w, group_size)
     if symmetric:
         q_min, q_max = -(2 ** (bits - 1) - 1), 2 ** (bits - 1) - 1

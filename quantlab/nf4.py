@@ -17,6 +17,8 @@ values it can therefore pick the farther one, by at most half a grid step (1.5e-
 
 import torch
 
+from quantlab.errors import QuantlabError, check_positive_int
+
 NF4_OFFSET = 0.9677083  # the outermost quantile: halfway between 1 - 1/(2*15) and 1 - 1/(2*16)
 
 
@@ -46,6 +48,7 @@ def unpack(packed: torch.Tensor, n: int) -> torch.Tensor:
 
 def _blocks(flat: torch.Tensor, blocksize: int) -> torch.Tensor:
     """``[n_blocks, blocksize]``: consecutive blocks, the last one padded with zeros (which change no absmax)."""
+    blocksize = check_positive_int("blocksize", blocksize, "bitsandbytes uses 64 for NF4 and 256 for the scales.")
     return torch.nn.functional.pad(flat, (0, -len(flat) % blocksize)).view(-1, blocksize)
 
 
@@ -65,8 +68,20 @@ def dequantize_nf4(packed: torch.Tensor, absmax: torch.Tensor, shape: torch.Size
                    blocksize: int = 64) -> torch.Tensor:
     """Float32 weight of ``shape``: NF4 value of each index times its block's absmax."""
     n = torch.Size(shape).numel()
-    values = _blocks(normal_map()[unpack(packed, n)], blocksize) * absmax[:, None]
+    _check_count("packed", packed, (n + 1) // 2, f"bytes for {n} weights")
+    blocks = _blocks(normal_map()[unpack(packed, n)], blocksize)
+    _check_count("absmax", absmax, len(blocks), f"block scales for {n} weights in blocks of {blocksize}")
+    values = blocks * absmax[:, None]
     return values.flatten()[:n].view(shape)
+
+
+def _check_count(name: str, tensor: torch.Tensor, expected: int, what: str) -> None:
+    """Dequantizing needs exactly what quantizing made: ``tensor`` must hold ``expected`` values."""
+    if tensor.numel() != expected:
+        raise QuantlabError(
+            f"{name} holds {tensor.numel()} values where {expected} {what} are needed. Pass the shape and blocksize "
+            "that the tensors were quantized with, and the tensors quantize_nf4 / double_quantize returned."
+        )
 
 
 # --- double quantization ---------------------------------------------------------------------------------
@@ -121,12 +136,15 @@ def double_dequantize(codes: torch.Tensor, absmax2: torch.Tensor, offset: torch.
                       blocksize: int = 256) -> torch.Tensor:
     """The float32 NF4 block scales back from :func:`double_quantize`."""
     n = codes.numel()
-    values = _blocks(dynamic_map()[codes.long()], blocksize) * absmax2[:, None]
+    blocks = _blocks(dynamic_map()[codes.long()], blocksize)
+    _check_count("absmax2", absmax2, len(blocks), f"scales for {n} codes in blocks of {blocksize}")
+    values = blocks * absmax2[:, None]
     return values.flatten()[:n] + offset
 
 
 def scale_bits_per_parameter(blocksize: int = 64, double_quant: bool = True, blocksize2: int = 256) -> float:
     """Bits of scale overhead per weight: 32 / 64 = 0.5 plain, 8 / 64 + 32 / (64 * 256) with double quant."""
+    blocksize, blocksize2 = check_positive_int("blocksize", blocksize), check_positive_int("blocksize2", blocksize2)
     if not double_quant:
         return 32 / blocksize
     return 8 / blocksize + 32 / (blocksize * blocksize2)

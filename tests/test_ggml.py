@@ -1,6 +1,7 @@
 """quantlab.ggml: byte-exact GGML block quantizers, the GGUF writer and reader, and llama.cpp itself."""
 
 import json
+import subprocess
 import sys
 import time
 
@@ -296,6 +297,57 @@ def test_llama_cpp_runs_the_files_write_gguf_makes(gguf_files):
     assert "Paris" in ggml.generate_with_llama_cpp(gguf_files["Q8_0"], PROMPT, max_new_tokens=16).text
     words = ggml.generate_with_llama_cpp(gguf_files["Q4_0"], PROMPT, max_new_tokens=16).text.split()
     assert len(words) >= 8 and all(w.isascii() for w in words)  # Q4_0 may miss Paris on a bare prompt
+
+
+@pytest.fixture(scope="module")
+def toy_f16(checkpoint, tmp_path_factory):
+    """An F16 GGUF of a one-layer toy Llama whose rows (64 weights) are no whole K-quant block: llama.cpp warns."""
+    import shutil
+
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    pytest.importorskip("llama_cpp")
+    folder = tmp_path_factory.mktemp("toy")
+    config = LlamaConfig(vocab_size=49152, hidden_size=64, intermediate_size=128, num_hidden_layers=1,
+                         num_attention_heads=2, num_key_value_heads=1, tie_word_embeddings=True)
+    LlamaForCausalLM(config).save_pretrained(folder)
+    for name in ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja"):
+        shutil.copy(f"{checkpoint}/{name}", folder)
+    return ggml.write_gguf(folder, folder / "toy-F16.gguf", "F16")
+
+
+def _llama_cpp_log_settings():
+    """llama.cpp's log callback (its address) and llama-cpp-python's logger level, as they stand."""
+    import ctypes
+    import logging
+
+    import llama_cpp
+
+    callback, user_data = llama_cpp.llama_log_callback(), ctypes.c_void_p()
+    llama_cpp.llama_log_get(ctypes.byref(callback), ctypes.byref(user_data))
+    address = ctypes.cast(callback, ctypes.c_void_p).value
+    return address, user_data.value, logging.getLogger("llama-cpp-python").level
+
+
+@pytest.mark.parametrize("verbose", [False, True])
+def test_llama_cpp_is_quiet_unless_asked_and_restores_its_log_settings(toy_f16, verbose):
+    import contextlib
+    import io
+
+    before = _llama_cpp_log_settings()
+    with contextlib.redirect_stderr(io.StringIO()) as shown:  # where a notebook's stderr goes
+        ggml.quantize_with_llama_cpp(toy_f16, toy_f16.with_name(f"toy-{verbose}.gguf"), "Q4_K_M", verbose=verbose)
+    assert ("falling back" in shown.getvalue()) == verbose, shown.getvalue()[:500]
+    assert _llama_cpp_log_settings() == before
+
+
+def test_nothing_of_llama_cpp_reaches_file_descriptor_2(toy_f16):
+    code = ("import os, sys; from quantlab import ggml; import llama_cpp; os.write(2, b'START'); "
+            f"ggml.quantize_with_llama_cpp({str(toy_f16)!r}, {str(toy_f16.with_name('toy-fd2.gguf'))!r}, 'Q4_K_M'); "
+            f"ggml.generate_with_llama_cpp({str(toy_f16)!r}, 'Hi', max_new_tokens=2)")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stderr.split("START", 1)[1] == "", done.stderr[-2000:]
 
 
 def test_llama_cpp_generates_and_times_tokens(q4_k_m):
