@@ -56,6 +56,9 @@ logging.getLogger("torch.utils._pytree").setLevel(logging.ERROR)
 from logbar import LogBar  # gptqmodel's logger: created here at WARNING, so no banner and no INFO lines
 
 LogBar.shared().setLevel("WARNING")
+# optimum reads every attribute of each module while it swaps in the quantized layers, the base model's
+# `loss_function` too, and transformers then warns once that a base model has no loss type: harmless, dropped here
+logging.getLogger("transformers.modeling_utils").addFilter(lambda record: "loss_type=None" not in record.getMessage())
 
 # %% [markdown]
 # Settings this notebook needs, in plain sight. gptqmodel reads two environment variables when it first needs
@@ -72,9 +75,8 @@ LogBar.shared().setLevel("WARNING")
 
 # %%
 import logging
-import warnings
-
 import os
+import warnings
 
 import torch
 
@@ -358,7 +360,7 @@ gptq_config = GPTQConfig(
     ],
 )
 
-# %% tags=["nbval-ignore-output"]
+# %% tags=["nbval-ignore-output", "progress-bar"]
 start = time.perf_counter()
 quantized = AutoModelForCausalLM.from_pretrained(source.path, quantization_config=gptq_config, dtype=DTYPE,
                                                  device_map=DEVICE)

@@ -59,6 +59,9 @@ logging.getLogger("torch.utils._pytree").setLevel(logging.ERROR)
 from logbar import LogBar  # gptqmodel's logger: created here at WARNING, so no banner and no INFO lines
 
 LogBar.shared().setLevel("WARNING")
+# optimum reads every attribute of each module while it swaps in the quantized layers, the base model's
+# `loss_function` too, and transformers then warns once that a base model has no loss type: harmless, dropped here
+logging.getLogger("transformers.modeling_utils").addFilter(lambda record: "loss_type=None" not in record.getMessage())
 
 # %% [markdown]
 # The same settings as notebook 03's setup cell, for the same reasons: gptqmodel's two environment variables for
@@ -68,9 +71,8 @@ LogBar.shared().setLevel("WARNING")
 
 # %%
 import logging
-import warnings
-
 import os
+import warnings
 
 import torch
 

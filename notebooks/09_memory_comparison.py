@@ -57,6 +57,9 @@ logging.getLogger("torch.utils._pytree").setLevel(logging.ERROR)
 from logbar import LogBar  # gptqmodel's logger: created here at WARNING, so no banner and no INFO lines
 
 LogBar.shared().setLevel("WARNING")
+# optimum reads every attribute of each module while it swaps in the quantized layers, the base model's
+# `loss_function` too, and transformers then warns once that a base model has no loss type: harmless, dropped here
+logging.getLogger("transformers.modeling_utils").addFilter(lambda record: "loss_type=None" not in record.getMessage())
 # %matplotlib inline
 
 # %% [markdown]

@@ -220,6 +220,9 @@ def run(model_id=None, methods_csv=None, eval_source="shakespeare", out_dir="res
     with _one_progress_bar(), contextlib.ExitStack() as quiet:
         for name in QUIET_LOGGERS:
             quiet.enter_context(methods.logger_level(name, logging.ERROR))
+        # optimum reads every module attribute when it swaps in GPTQ layers, the base model's loss_function too,
+        # and transformers warns once that a base model has no loss type (notebooks/03)
+        quiet.enter_context(methods.dropped_messages("transformers.modeling_utils", "loss_type=None"))
         baseline = _baseline_reference(src, settings, protocol, eval_ids, compile_decode)
         for method in (bar := tqdm(chosen, desc="methods", unit="method")):
             bar.set_postfix_str(method.name)

@@ -200,6 +200,21 @@ def logger_level(name: str, level: int):
         logger.setLevel(previous)
 
 
+@contextlib.contextmanager
+def dropped_messages(name: str, text: str):
+    """Drop the records of one logger that contain ``text`` for the duration; everything else it logs still shows."""
+    logger = logging.getLogger(name)
+
+    def keep(record: logging.LogRecord) -> bool:
+        return text not in record.getMessage()
+
+    logger.addFilter(keep)
+    try:
+        yield
+    finally:
+        logger.removeFilter(keep)
+
+
 def _stream_handlers() -> list[logging.StreamHandler]:
     loggers = [logging.getLogger()] + [lg for lg in logging.Logger.manager.loggerDict.values()
                                        if isinstance(lg, logging.Logger)]

@@ -188,3 +188,14 @@ def test_a_failed_quantization_keeps_its_log_and_says_where(tmp_path):
     log = tmp_path / "method-abc-failed.log"
     assert "in the library's words" in log.read_text() and str(log) in failure.value.__notes__[0]
     assert not target.exists() and [p.name for p in tmp_path.iterdir()] == [log.name]  # no temporary folder left
+
+
+def test_scoped_logging_changes_are_undone():
+    logger = logging.getLogger("quantlab-test-scoped")
+    logger.setLevel(logging.INFO)
+    with methods.logger_level("quantlab-test-scoped", logging.ERROR), \
+            methods.dropped_messages("quantlab-test-scoped", "noise"):
+        assert logger.level == logging.ERROR and len(logger.filters) == 1
+        assert not logger.filters[0](logging.makeLogRecord({"msg": "some noise"}))
+        assert logger.filters[0](logging.makeLogRecord({"msg": "news"}))
+    assert logger.level == logging.INFO and logger.filters == []
