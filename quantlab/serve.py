@@ -56,8 +56,10 @@ INSTALL_VLLM = f"pip install vllm=={VLLM_VERSION}   (a CUDA GPU and torch 2.11; 
 
 
 def port_is_free(port: int) -> bool:
-    """Whether nothing listens on 127.0.0.1:``port`` (a bind succeeds)."""
+    """Whether nothing listens on 127.0.0.1:``port``: a bind succeeds with SO_REUSEADDR, as servers bind (closed
+    connections that linger in TIME_WAIT then do not count)."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             sock.bind((HOST, port))
         except OSError:
@@ -194,7 +196,8 @@ def llama_cpp_command(gguf_path: str | os.PathLike, port: int, *, n_threads: int
     """llama-cpp-python's OpenAI-compatible server on one GGUF file (CPU).
 
     ``--interrupt_requests False``: by default this server ends a streaming answer as soon as another request
-    arrives, which would cut every answer short under load. It runs one request at a time (no batching).
+    arrives, which would cut every answer short under load. ``--logits_all False``: keep the logits of the last
+    position only, not of every prompt token. This server runs one request at a time (no batching).
     """
     missing = missing_modules(LLAMA_CPP_SERVER_MODULES)
     if "llama_cpp" in missing:
@@ -205,7 +208,8 @@ def llama_cpp_command(gguf_path: str | os.PathLike, port: int, *, n_threads: int
     if not path.is_file():
         raise QuantlabError(f"No GGUF file at {path}; make one with quantlab.serve.gguf_files() (notebook 06).")
     command = [sys.executable, "-m", "llama_cpp.server", "--model", str(path), "--host", HOST, "--port", str(port),
-               "--n_ctx", str(n_ctx), "--interrupt_requests", "False", "--model_alias", model_alias or path.stem]
+               "--n_ctx", str(n_ctx), "--interrupt_requests", "False", "--logits_all", "False",
+               "--model_alias", model_alias or path.stem]
     if n_threads:
         command += ["--n_threads", str(n_threads), "--n_threads_batch", str(n_threads)]
     return command
@@ -255,8 +259,8 @@ def gguf_files(src: ModelSource, qtypes: tuple[str, ...] = ("F16", "Q8_0", "Q4_K
 # --- the load test -----------------------------------------------------------------------------------
 
 
-def prompts(n: int = 8, min_chars: int = 200, max_chars: int = 400) -> list[str]:
-    """``n`` fixed prompts: the first speeches of 200-400 characters of the evaluation plays (quantlab.data)."""
+def prompts(n: int = 8, min_chars: int = 100, max_chars: int = 250) -> list[str]:
+    """``n`` fixed prompts: the first speeches of 100-250 characters of the evaluation plays (quantlab.data)."""
     speeches = [s for s in data.text("shakespeare", "eval").split("\n\n") if min_chars <= len(s) <= max_chars]
     return speeches[:n]
 
@@ -338,8 +342,6 @@ def load_test(server: Server, concurrencies: tuple[int, ...] = (1, 2, 4), reques
 
     Works in a script and in a notebook cell (whose event loop is already running: then in a worker thread).
     """
-    if not server.base_url.startswith(f"http://{HOST}:"):
-        raise QuantlabError(f"load_test only talks to loopback servers ({HOST}), not {server.base_url}")
     per_level = [requests or max(2 * c, 4) for c in concurrencies]
     job = _load_test(server.base_url, server.model, concurrencies, per_level, max_tokens, timeout)
     try:
