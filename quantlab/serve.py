@@ -7,6 +7,8 @@
   safetensors checkpoints, GPU) build the command lines.
 * :func:`load_test` sends a fixed, bounded set of streaming requests at several concurrency levels with the
   ``openai`` client and measures time to first token (TTFT), inter-token latency (ITL) and output tokens/s.
+* :func:`sweep` serves several checkpoints one after the other and load-tests each, writing the rows and every
+  request's timings beside the logs; ``python -m quantlab.serve`` runs it from a shell (the GPU runner's step).
 * :func:`gguf_files` makes the GGUF files of notebooks/06_gguf (F16, Q8_0, Q4_K_M), cached like every
   checkpoint of :mod:`quantlab.methods`.
 
@@ -197,7 +199,10 @@ def llama_cpp_command(gguf_path: str | os.PathLike, port: int, *, n_threads: int
 
     ``--interrupt_requests False``: by default this server ends a streaming answer as soon as another request
     arrives, which would cut every answer short under load. ``--logits_all False``: keep the logits of the last
-    position only, not of every prompt token. This server runs one request at a time (no batching).
+    position only, not of every prompt token. ``n_threads`` (default: half the logical CPUs, one per physical
+    core, as llama-cpp-python does for decoding) is used for the prompt too: the server's own default there is
+    every logical CPU, which on a busy 2-core machine made the first token many times slower (notebook 06 saw the
+    same for decoding). This server runs one request at a time (no batching).
     """
     missing = missing_modules(LLAMA_CPP_SERVER_MODULES)
     if "llama_cpp" in missing:
@@ -207,12 +212,10 @@ def llama_cpp_command(gguf_path: str | os.PathLike, port: int, *, n_threads: int
     path = Path(gguf_path)
     if not path.is_file():
         raise QuantlabError(f"No GGUF file at {path}; make one with quantlab.serve.gguf_files() (notebook 06).")
-    command = [sys.executable, "-m", "llama_cpp.server", "--model", str(path), "--host", HOST, "--port", str(port),
-               "--n_ctx", str(n_ctx), "--interrupt_requests", "False", "--logits_all", "False",
-               "--model_alias", model_alias or path.stem]
-    if n_threads:
-        command += ["--n_threads", str(n_threads), "--n_threads_batch", str(n_threads)]
-    return command
+    threads = str(n_threads or max(os.cpu_count() // 2, 1))
+    return [sys.executable, "-m", "llama_cpp.server", "--model", str(path), "--host", HOST, "--port", str(port),
+            "--n_ctx", str(n_ctx), "--n_threads", threads, "--n_threads_batch", threads,
+            "--interrupt_requests", "False", "--logits_all", "False", "--model_alias", model_alias or path.stem]
 
 
 def vllm_command(checkpoint: str | os.PathLike, port: int, *, quantization: str | None = None,
@@ -288,13 +291,18 @@ class LevelResult:
         return sum(r.output_tokens for r in self.requests) / self.seconds
 
     def summary(self) -> dict:
+        """Output tokens/s over the level's wall time; TTFT and ITL percentiles (ITL pooled over requests)."""
         ttft = [r.ttft for r in self.requests]
         itl = [gap for r in self.requests for gap in r.itl] or [float("nan")]
         return {"concurrency": self.concurrency, "requests": len(self.requests),
                 "output tokens": sum(r.output_tokens for r in self.requests),
                 "output tok/s": self.output_tokens_per_s,
-                "TTFT p50 ms": 1e3 * np.percentile(ttft, 50), "TTFT p99 ms": 1e3 * np.percentile(ttft, 99),
-                "ITL p50 ms": 1e3 * np.percentile(itl, 50), "ITL p99 ms": 1e3 * np.percentile(itl, 99)}
+                "TTFT p50 ms": _ms(ttft, 50), "TTFT p99 ms": _ms(ttft, 99),
+                "ITL p50 ms": _ms(itl, 50), "ITL p99 ms": _ms(itl, 99)}
+
+
+def _ms(seconds: list[float], q: float) -> float:
+    return 1e3 * float(np.percentile(seconds, q))
 
 
 async def _one_request(client, model: str, prompt: str, max_tokens: int) -> RequestResult:
@@ -352,14 +360,82 @@ def load_test(server: Server, concurrencies: tuple[int, ...] = (1, 2, 4), reques
         return pool.submit(asyncio.run, job).result()
 
 
-def write_results(path: str | os.PathLike, rows: list[dict]) -> Path:
-    """The sweep's rows as JSON (beside the server logs)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(rows, indent=1))
-    return path
+def sweep(commands: dict, out: str | os.PathLike, *, concurrencies: tuple[int, ...] = (1, 2, 4),
+          requests: int | None = None, max_tokens: int = 32, start_timeout: float = 120.0,
+          keep_going: bool = False) -> list[dict]:
+    """Serve each checkpoint in turn and load-test it; one row per (checkpoint, concurrency).
+
+    ``commands`` maps a label (the format) to a function of the port that returns the server's command line
+    (``lambda port: llama_cpp_command(path, port)``). Every server's log is ``out/<label>.log``, and the rows,
+    with each request's timings, go to ``out/results.json``. ``keep_going=True`` records a server that fails to
+    start (its error names the log) and goes on with the next one, for unattended GPU runs.
+    """
+    out = Path(out)
+    rows, details = [], []
+    for label, command in commands.items():
+        port = free_port()
+        try:
+            with serve(command(port), port, out / f"{label}.log", name=label, timeout=start_timeout) as server:
+                levels = load_test(server, concurrencies, requests, max_tokens)
+        except QuantlabError as error:
+            if not keep_going:
+                raise
+            rows.append({"format": label, "error": str(error).splitlines()[0], "log": str(out / f"{label}.log")})
+            continue
+        for level in levels:
+            rows.append({"format": label, **level.summary()})
+            details.append({"format": label, "concurrency": level.concurrency,
+                            "requests": [asdict(r) for r in level.requests]})
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "results.json").write_text(json.dumps({"rows": rows, "requests": details}, indent=1, default=float))
+    return rows
 
 
-def raw(level: LevelResult) -> dict:
-    """One level with every request's timings, for a results file."""
-    return {**level.summary(), "per request": [asdict(r) for r in level.requests]}
+def vllm_checkpoints(src: ModelSource, settings: methods.Settings) -> dict[str, tuple[Path, str | None]]:
+    """What vLLM serves of the series: label -> (checkpoint folder, ``--quantization`` or None).
+
+    The baseline folder three times (16-bit, FP8 and NF4 quantized by vLLM while loading) and the GPTQ and AWQ
+    checkpoints that notebooks 03/05 and ``quantlab compare`` cache (the folders methods.build_gptq and
+    methods.build_awq write; vLLM reads their quantization_config).
+    """
+    group = f"g{settings.group_size}"
+    return {"fp16": (Path(src.path), None),
+            "GPTQ int4": (methods.quantized_dir(src, f"gptq-int4-{group}", settings), None),
+            "AWQ int4": (methods.quantized_dir(src, f"awq-int4-{group}", settings), None),
+            "FP8 (vLLM)": (Path(src.path), "fp8"),
+            "NF4 (vLLM bitsandbytes)": (Path(src.path), "bitsandbytes")}
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m quantlab.serve``: serve checkpoints one after the other with vLLM or llama.cpp and load-test
+    each (tests/gpu_runner/run.sh serve). ``--checkpoint LABEL=PATH[:QUANTIZATION]``, repeated."""
+    import argparse
+
+    parser = argparse.ArgumentParser(description=main.__doc__.split("\n")[0])
+    parser.add_argument("--engine", choices=("vllm", "llama.cpp"), required=True)
+    parser.add_argument("--checkpoint", action="append", required=True, metavar="LABEL=PATH[:QUANTIZATION]")
+    parser.add_argument("--concurrency", default="1,4,16,64")
+    parser.add_argument("--requests", type=int, default=None, help="per level (default: 2 x concurrency, >= 4)")
+    parser.add_argument("--max-tokens", type=int, default=128)
+    parser.add_argument("--start-timeout", type=float, default=300.0)
+    parser.add_argument("--out", default="serve-results")
+    args = parser.parse_args(argv)
+    commands = {}
+    for spec in args.checkpoint:
+        label, _, rest = spec.partition("=")
+        path, _, quantization = rest.partition(":")
+        if args.engine == "vllm":
+            commands[label] = lambda port, p=path, q=quantization: vllm_command(p, port, quantization=q or None)
+        else:
+            commands[label] = lambda port, p=path: llama_cpp_command(p, port)
+    rows = sweep(commands, args.out, concurrencies=tuple(int(c) for c in args.concurrency.split(",")),
+                 requests=args.requests, max_tokens=args.max_tokens, start_timeout=args.start_timeout,
+                 keep_going=True)
+    import pandas as pd
+
+    print(pd.DataFrame(rows).to_string(index=False, float_format=lambda x: f"{x:.1f}"))
+    return 1 if any("error" in row for row in rows) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
