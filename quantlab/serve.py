@@ -36,9 +36,8 @@ from pathlib import Path
 
 import numpy as np
 
-from quantlab import data, ggml, methods
+from quantlab import data, ggml, methods, models
 from quantlab.errors import QuantlabError
-from quantlab.models import ModelSource
 
 HOST = "127.0.0.1"  # loopback only: these servers have no authentication
 LOG_TAIL_LINES = 20
@@ -240,7 +239,7 @@ def vllm_command(checkpoint: str | os.PathLike, port: int, *, quantization: str 
     return command + list(extra)
 
 
-def _make_gguf(src: ModelSource, qtype: str, settings: methods.Settings) -> Path:
+def _make_gguf(src: models.ModelSource, qtype: str, settings: methods.Settings) -> Path:
     target = methods.quantized_dir(src, f"gguf-{qtype.lower()}", settings)
     if "_K" in qtype:  # a K-quant: llama.cpp's quantizer, from the F16 file
         f16 = _make_gguf(src, "F16", settings)
@@ -250,7 +249,7 @@ def _make_gguf(src: ModelSource, qtype: str, settings: methods.Settings) -> Path
     return target / "model.gguf"
 
 
-def gguf_files(src: ModelSource, qtypes: tuple[str, ...] = ("F16", "Q8_0", "Q4_K_M"),
+def gguf_files(src: models.ModelSource, qtypes: tuple[str, ...] = ("F16", "Q8_0", "Q4_K_M"),
                settings: methods.Settings | None = None) -> dict[str, Path]:
     """The GGUF files of notebooks/06_gguf (F16 and Q8_0 from gguf-py, K-quants from llama.cpp's quantizer),
     made once and cached beside :mod:`quantlab.methods`' checkpoints: Q8_0 and Q4_K_M are the very files
@@ -391,7 +390,7 @@ def sweep(commands: dict, out: str | os.PathLike, *, concurrencies: tuple[int, .
     return rows
 
 
-def vllm_checkpoints(src: ModelSource, settings: methods.Settings) -> dict[str, tuple[Path, str | None]]:
+def vllm_checkpoints(src: models.ModelSource, settings: methods.Settings) -> dict[str, tuple[Path, str | None]]:
     """What vLLM serves of the series: label -> (checkpoint folder, ``--quantization`` or None).
 
     The baseline folder three times (16-bit, FP8 and NF4 quantized by vLLM while loading) and the GPTQ and AWQ
@@ -406,6 +405,23 @@ def vllm_checkpoints(src: ModelSource, settings: methods.Settings) -> dict[str, 
             "NF4 (vLLM bitsandbytes)": (Path(src.path), "bitsandbytes")}
 
 
+def _series_specs() -> list[str]:
+    """``LABEL=PATH[:QUANTIZATION]`` for each of the series' checkpoints cached with the GPU settings."""
+    from transformers import AutoConfig
+
+    from quantlab.compare import settings_for
+
+    src = models.resolve()
+    settings = settings_for("cuda", False, AutoConfig.from_pretrained(src.path))
+    specs = []
+    for label, (folder, quantization) in vllm_checkpoints(src, settings).items():
+        if (folder / "config.json").is_file():
+            specs.append(f"{label}={folder}" + (f":{quantization}" if quantization else ""))
+        else:
+            print(f"{label}: not cached at {folder}; `quantlab compare --methods gptq-int4,awq-int4` makes it")
+    return specs
+
+
 def main(argv: list[str] | None = None) -> int:
     """``python -m quantlab.serve``: serve checkpoints one after the other with vLLM or llama.cpp and load-test
     each (tests/gpu_runner/run.sh serve). ``--checkpoint LABEL=PATH[:QUANTIZATION]``, repeated."""
@@ -413,15 +429,20 @@ def main(argv: list[str] | None = None) -> int:
 
     parser = argparse.ArgumentParser(description=main.__doc__.split("\n")[0])
     parser.add_argument("--engine", choices=("vllm", "llama.cpp"), required=True)
-    parser.add_argument("--checkpoint", action="append", required=True, metavar="LABEL=PATH[:QUANTIZATION]")
+    parser.add_argument("--checkpoint", action="append", default=[], metavar="LABEL=PATH[:QUANTIZATION]")
+    parser.add_argument("--series", action="store_true",
+                        help="vLLM: every cached checkpoint of vllm_checkpoints() with the GPU settings of compare")
     parser.add_argument("--concurrency", default="1,4,16,64")
     parser.add_argument("--requests", type=int, default=None, help="per level (default: 2 x concurrency, >= 4)")
     parser.add_argument("--max-tokens", type=int, default=128)
     parser.add_argument("--start-timeout", type=float, default=300.0)
     parser.add_argument("--out", default="serve-results")
     args = parser.parse_args(argv)
+    specs = list(args.checkpoint) + (_series_specs() if args.series else [])
+    if not specs:
+        parser.error("name a --checkpoint, or --series")
     commands = {}
-    for spec in args.checkpoint:
+    for spec in specs:
         label, _, rest = spec.partition("=")
         path, _, quantization = rest.partition(":")
         if args.engine == "vllm":

@@ -175,3 +175,21 @@ def test_output_to_twice_after_a_handler_bound_its_flush_inside(tmp_path):
         assert "second" in (tmp_path / "b.log").read_text()
     finally:
         logger.handlers.clear()
+
+
+def test_cli_serves_each_checkpoint_with_its_quantization(monkeypatch, tmp_path):
+    (tmp_path / "config.json").write_text("{}")
+    monkeypatch.setattr(serve, "missing_modules", lambda modules: [])
+    seen = {}
+
+    def fake_sweep(commands, out, **kwargs):
+        seen.update({label: command(8123) for label, command in commands.items()})
+        return [{"format": label} for label in commands]
+
+    monkeypatch.setattr(serve, "sweep", fake_sweep)
+    assert serve.main(["--engine", "vllm", "--checkpoint", f"fp16={tmp_path}", "--checkpoint", f"FP8={tmp_path}:fp8",
+                       "--out", str(tmp_path / "out")]) == 0
+    assert "--quantization" not in seen["fp16"]
+    assert seen["FP8"][seen["FP8"].index("--quantization") + 1] == "fp8"
+    with pytest.raises(SystemExit):
+        serve.main(["--engine", "vllm"])  # neither --checkpoint nor --series
