@@ -185,6 +185,8 @@ def output_to(path: Path):
         finally:
             restore |= {h: stdout if h.stream is out else stderr for h in _stream_handlers() if h.stream in (out, err)}
             for handler, stream in restore.items():
+                if getattr(vars(handler).get("flush"), "__self__", None) in (out, err):
+                    del handler.flush  # transformers binds its handler's flush to the stderr of its first import
                 handler.setStream(stream)
 
 

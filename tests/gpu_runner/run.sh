@@ -8,6 +8,10 @@
 #   tests/gpu_runner/run.sh notebooks [NBS]   nbval-lax over notebooks (default: notebooks/*.ipynb)
 #   tests/gpu_runner/run.sh compare [ARGS]    `quantlab compare` on the default model
 #   tests/gpu_runner/run.sh suite             unit, notebooks and compare in one call
+#   tests/gpu_runner/run.sh install-vllm-N    stage part N of bundle-vllm.sh's vLLM tar; the last one joins, checks
+#                                             and installs it, then checks that `vllm serve` imports
+#   tests/gpu_runner/run.sh serve [ARGS]      vLLM on the series' checkpoints (or --checkpoint LABEL=PATH[:QUANT]),
+#                                             load test at concurrency 1, 4, 16, 64 -> $OUT/serve (SERVE_LIMIT)
 # Every test step appends "NAME rc=.. seconds=.." to $OUT/steps.txt and writes its log and junit XML to $OUT.
 # The runner keeps what a call installed only if the next call comes within about 30 s, and one call may run
 # 10 minutes: split a long suite over several calls (README.md). Step limits: UNIT_LIMIT, NOTEBOOK_LIMIT,
@@ -55,6 +59,27 @@ install_c() {
 
 install_kernels() {  # optional, after install-c: .gpu_bundle/kernels holds the ext.tar.gz.part-* files of a run
   cat .gpu_bundle/kernels/ext.tar.gz.part-* | tar -xz -C /
+}
+
+install_vllm() {  # install-vllm-N: parts arrive one call each (bundle-vllm.sh); after install-a and install-b
+  need_installed b
+  mkdir -p "$stage/vllm"
+  cp .gpu_bundle/vllm-"$1"/* "$stage/vllm/"
+  local parts
+  parts=$(cat "$stage/vllm/parts" 2>/dev/null) || { echo "part 0 (vllm-0) first"; exit 3; }
+  [ "$(ls "$stage"/vllm/vllm.tar.part-* | wc -l)" -eq "$parts" ] || { echo "staged part $1 of $parts"; return 0; }
+  cat "$stage"/vllm/vllm.tar.part-* > "$stage/vllm/vllm.tar" && rm "$stage"/vllm/vllm.tar.part-*
+  (cd "$stage/vllm" && sha256sum -c vllm.sha256) || exit 4
+  tar -xf "$stage/vllm/vllm.tar" -C "$stage/vllm" && rm "$stage/vllm/vllm.tar"
+  "$python" -m pip install -q --no-index --no-deps "$stage"/vllm/wheels/*.whl
+  # what the serve path imports; a ModuleNotFoundError here names a requirement vllm-requirements.txt lacks
+  "$python" -c "import vllm.entrypoints.openai.api_server, vllm.v1.engine.core; print('vllm', vllm.__version__)" \
+    && "$python" -m vllm.entrypoints.cli.main serve --help > /dev/null && touch "$stage/installed-vllm"
+}
+
+serve_step() {  # defaults: every checkpoint of quantlab.serve.vllm_checkpoints that is cached, 128 new tokens each
+  need_installed vllm
+  step serve "${SERVE_LIMIT:-560}" "$python" -m quantlab.serve --engine vllm --out "$out/serve" "${@:---series}"
 }
 
 describe_machine() {
@@ -107,5 +132,7 @@ case "$command" in
   install-kernels) install_kernels ;;
   unit|notebooks|compare) need_installed c; [ -f "$out/env.txt" ] || describe_machine; "$command" "$@" ;;
   suite) need_installed c; describe_machine; unit; notebooks; compare ;;
-  *) sed -n '2,13p' "$0"; exit 2 ;;
+  install-vllm-[0-9]*) install_vllm "${command#install-vllm-}" ;;
+  serve) [ -f "$out/env.txt" ] || describe_machine; serve_step "$@" ;;
+  *) sed -n '2,17p' "$0"; exit 2 ;;
 esac
