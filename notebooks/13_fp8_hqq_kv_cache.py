@@ -316,6 +316,11 @@ print(f"{'int8 per row':<16}{linear.relative_error(weight, linear.fake_quantize(
 
 # %%
 # NBVAL_CHECK_OUTPUT
+import logging
+
+# importing torchao logs "Failed to load" for each of its CUDA-only libraries and torch a deprecation line per enum
+logging.getLogger("torchao").setLevel(logging.ERROR)
+logging.getLogger("torch.utils._pytree").setLevel(logging.ERROR)
 from torchao.quantization import PerRow, PerTensor
 from torchao.quantization.quantize_.workflows import Float8Tensor
 
