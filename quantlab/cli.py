@@ -1,4 +1,4 @@
-"""The ``quantlab`` command: ``quantlab env`` and ``quantlab compare``."""
+"""The ``quantlab`` command: ``quantlab env``, ``quantlab compare`` and ``quantlab support``."""
 
 import argparse
 import sys
@@ -24,6 +24,13 @@ def _compare(args) -> None:
                             f"{args.out}/results.md. " + " ".join(failed))
 
 
+def _support(args) -> None:
+    from quantlab import support
+
+    if support.main(["--check"] if args.check else []):
+        raise QuantlabError("README.md's support matrix is out of date: run `quantlab support`.")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="quantlab", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -41,6 +48,9 @@ def build_parser() -> argparse.ArgumentParser:
     compare.add_argument("--compile", action="store_true",
                          help="also measure decode with a static KV cache and torch.compile (GPU)")
     compare.set_defaults(func=_compare)
+    supported = sub.add_parser("support", help="write README.md's support matrix from the runs in docs/runs/")
+    supported.add_argument("--check", action="store_true", help="write nothing; fail if README.md is not current")
+    supported.set_defaults(func=_support)
     return parser
 
 

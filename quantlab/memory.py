@@ -36,18 +36,35 @@ def _extra_quant_tensors(param: torch.Tensor) -> Iterator[torch.Tensor]:
 
 
 def _module_state_tensors(model: nn.Module) -> Iterator[torch.Tensor]:
-    """bitsandbytes' Linear8bitLt moves SCB from its weight into ``module.state`` on its first forward."""
+    """Tensors that quantized layers keep outside their parameters: bitsandbytes' Linear8bitLt moves SCB from its
+    weight into ``module.state`` on its first forward; hqq's HQQLinear keeps scale and zero point in ``module.meta``
+    (notebooks/13)."""
     for module in model.modules():
         scb = getattr(getattr(module, "state", None), "SCB", None)
         if isinstance(scb, torch.Tensor):
             yield scb
+        meta = getattr(module, "meta", None)
+        if isinstance(meta, dict):
+            yield from (meta[k] for k in ("scale", "zero") if isinstance(meta.get(k), torch.Tensor))
+
+
+def _stored_tensors(tensor: torch.Tensor) -> Iterator[torch.Tensor]:
+    """The plain tensors that hold ``tensor``'s data: itself, or for a tensor subclass such as torchao's
+    Float8Tensor (notebooks/13) its inner tensors (``qdata`` and ``scale``), which is what occupies memory."""
+    from torch.utils._python_dispatch import is_traceable_wrapper_subclass
+
+    if not is_traceable_wrapper_subclass(tensor):
+        yield tensor
+        return
+    for name in tensor.__tensor_flatten__()[0]:
+        yield from _stored_tensors(getattr(tensor, name))
 
 
 def _unique_tensors(model: nn.Module) -> Iterator[torch.Tensor]:
-    """Every parameter, buffer and bitsandbytes side tensor once (tied weights share storage)."""
+    """Every parameter, buffer and quantization side tensor once (tied weights share storage)."""
     seen = set()
     for tensor in [*model.parameters(), *model.buffers(), *_module_state_tensors(model)]:
-        for t in (tensor, *_extra_quant_tensors(tensor)):
+        for t in (inner for outer in (tensor, *_extra_quant_tensors(tensor)) for inner in _stored_tensors(outer)):
             if t.device.type == "meta":
                 continue
             key = (t.device, t.untyped_storage().data_ptr(), t.storage_offset(), t.numel())

@@ -83,13 +83,18 @@ class Method:
     install_hint: str = ""
     cuda_only: bool = False
     extra: dict = field(default_factory=dict)
+    # (major, minor) CUDA compute capability the kernels need, e.g. (8, 9) for FP8 tensor cores; implies CUDA
+    min_capability: tuple[int, int] | None = None
 
     def unavailable_reason(self, device: str | None = None) -> str | None:
         """None when the method can run here, else why not and what to do."""
         missing = [m for m in self.requires if importlib.util.find_spec(m) is None]
         if missing:
             return f"needs {', '.join(missing)}: {self.install_hint or 'pip install -r requirements.txt'}"
-        if self.cuda_only and not (torch.cuda.is_available() and (device or "cuda").startswith("cuda")):
+        on_cuda = torch.cuda.is_available() and (device or "cuda").startswith("cuda")
+        if self.min_capability:
+            return capability_reason(self.min_capability, device if on_cuda else None)
+        if self.cuda_only and not on_cuda:
             return "needs an NVIDIA GPU (CUDA)"
         return None
 
@@ -291,8 +296,8 @@ def build_baseline(src: ModelSource, s: Settings) -> Built:
     return Built(model, None, Path(src.path) if Path(src.path).is_dir() else None)
 
 
-def _bnb_builder(make_config: Callable[[Settings], object]) -> Callable[[ModelSource, Settings], Built]:
-    """bitsandbytes quantizes while loading; the load is timed as the quantization."""
+def _on_load_builder(make_config: Callable[[Settings], object]) -> Callable[[ModelSource, Settings], Built]:
+    """bitsandbytes and torchao quantize while loading; the load is timed as the quantization."""
 
     def build(src: ModelSource, s: Settings) -> Built:
         start = time.perf_counter()
@@ -300,7 +305,7 @@ def _bnb_builder(make_config: Callable[[Settings], object]) -> Callable[[ModelSo
         with logger_level("bitsandbytes.backends.cpu.ops", logging.ERROR):
             model = _load_checkpoint(Path(src.path), s, dtype=s.torch_dtype, quantization_config=make_config(s))
         seconds = time.perf_counter() - start
-        with tempfile.TemporaryDirectory(prefix="quantlab-bnb-") as saved:  # saved only to measure its size
+        with tempfile.TemporaryDirectory(prefix="quantlab-onload-") as saved:  # saved only to measure its size
             model.save_pretrained(saved)
             size = memory.disk_bytes(saved)
         return Built(model, seconds, None, "quantized on load; checkpoint saved to measure its size, then deleted",
@@ -507,11 +512,12 @@ METHODS = [
            lambda s: memory.FLOAT_FORMATS["bf16" if s.dtype == "bfloat16" else s.dtype.replace("float", "fp")],
            build_baseline),
     Method("bnb-int8", "bitsandbytes LLM.int8(): int8 weights, outlier features in 16 bit", "CPU or GPU",
-           _fixed(memory.LLM_INT8), _bnb_builder(bnb_int8_config), ("bitsandbytes",), BNB_HINT),
+           _fixed(memory.LLM_INT8), _on_load_builder(bnb_int8_config), ("bitsandbytes",), BNB_HINT),
     Method("bnb-nf4", "bitsandbytes NF4 with double quantization (the QLoRA config)", "CPU or GPU",
-           _fixed(memory.NF4_DOUBLE_QUANT), _bnb_builder(bnb_4bit_config("nf4", True)), ("bitsandbytes",), BNB_HINT),
+           _fixed(memory.NF4_DOUBLE_QUANT), _on_load_builder(bnb_4bit_config("nf4", True)), ("bitsandbytes",),
+           BNB_HINT),
     Method("bnb-fp4", "bitsandbytes FP4, no double quantization", "CPU or GPU",
-           _fixed(memory.NF4), _bnb_builder(bnb_4bit_config("fp4", False)), ("bitsandbytes",), BNB_HINT),
+           _fixed(memory.NF4), _on_load_builder(bnb_4bit_config("fp4", False)), ("bitsandbytes",), BNB_HINT),
     Method("rtn-int4", "round to nearest, int4 on GPTQ's grid (gptqmodel RTNConfig): the control", "CPU or GPU",
            _int4, build_rtn, ("gptqmodel",), GPTQMODEL_HINT),
     Method("gptq-int4", "GPTQ int4 via transformers GPTQConfig (optimum + gptqmodel)", "CPU or GPU",
@@ -526,6 +532,103 @@ METHODS = [
            _gguf_format("Q4_K"), _llama_cpp_builder("Q4_K_M"), ("gguf", "llama_cpp"),
            "pip install gguf==0.19.0 and " + LLAMA_CPP_HINT),
 ]
+# --- FP8 (torchao), HQQ and the quantized KV cache (notebooks/13_fp8_hqq_kv_cache) -------------------
+
+FP8_CAPABILITY = (8, 9)  # FP8 tensor cores: Ada (8.9), Hopper (9.0), Blackwell
+
+
+def capability_reason(needed: tuple[int, int], device: str | None) -> str | None:
+    """Why a method that needs CUDA compute capability ``needed`` cannot run on ``device`` (None: no GPU), or None."""
+    wanted = f"an NVIDIA GPU of compute capability {needed[0]}.{needed[1]} or higher (FP8: Ada, Hopper, Blackwell)"
+    if device is None:
+        return f"needs {wanted}; this machine runs on the CPU"
+    major, minor = torch.cuda.get_device_capability(torch.device(device))
+    if (major, minor) < needed:
+        return f"needs {wanted}; {torch.cuda.get_device_name(torch.device(device))} has {major}.{minor}"
+    return None
+
+
+def fp8_weight_only_config(s: Settings):
+    """torchao's FP8 weights (E4M3, one scale per row), matmul in the activations' dtype."""
+    from torchao.quantization import Float8WeightOnlyConfig
+    from transformers import TorchAoConfig
+
+    return TorchAoConfig(Float8WeightOnlyConfig())
+
+
+def fp8_w8a8_config(s: Settings):
+    """torchao's FP8 weights and activations, both scaled per row; the matmul on FP8 tensor cores."""
+    from torchao.quantization import Float8DynamicActivationFloat8WeightConfig, PerRow
+    from transformers import TorchAoConfig
+
+    return TorchAoConfig(Float8DynamicActivationFloat8WeightConfig(granularity=PerRow()))
+
+
+def build_hqq(src: ModelSource, s: Settings) -> Built:
+    """HQQ 4-bit with the hqq library's own model API, on the loaded baseline; timed as the quantization.
+
+    transformers 5.17's ``HqqConfig`` cannot quantize on load: ``from_pretrained`` raises "QuantizationMethod.HQQ
+    is not available yet and will be supported soon" (its quantizer has no ``get_quantize_ops``), so the
+    settings are HqqConfig's (``BaseQuantizeConfig``, groups along the input, ``axis=1``) applied by hqq itself.
+    """
+    from hqq.core.quantize import BaseQuantizeConfig
+    from hqq.models.hf.base import AutoHQQHFModel
+
+    model = build_baseline(src, s).model
+    start = time.perf_counter()
+    with output_to(Path(tempfile.mkdtemp(prefix="quantlab-hqq-")) / QUANTIZE_LOG):
+        AutoHQQHFModel.quantize_model(model, quant_config=BaseQuantizeConfig(nbits=4, group_size=s.group_size, axis=1),
+                                      compute_dtype=s.torch_dtype, device=s.device)
+    return Built(model, time.perf_counter() - start, None,
+                 "quantized after loading with hqq's AutoHQQHFModel (transformers 5.17's HqqConfig cannot quantize "
+                 "on load); not saved, so no disk size")
+
+
+def _hqq_int4(s: Settings) -> memory.WeightFormat:
+    """HQQ keeps scale and zero point per group unpacked, in the model's dtype (float32 on a CPU)."""
+    meta_bits = 8 * s.torch_dtype.itemsize
+    return memory.WeightFormat(f"HQQ int4 g{s.group_size}", 4, s.group_size, scale_bits=meta_bits, zero_bits=meta_bits)
+
+
+def _baseline_format(s: Settings) -> memory.WeightFormat:
+    return get("baseline").weight_format(s)
+
+
+def _fp8(s: Settings) -> memory.WeightFormat:
+    return memory.WeightFormat("FP8 E4M3 per row", 8, None, scale_bits=32)
+
+
+def _kv_cache_builder(bits: int) -> Callable[[ModelSource, Settings], Built]:
+    """The baseline's weights read through a quantized KV cache (quantlab.kvcache.CachedScoring)."""
+
+    def build(src: ModelSource, s: Settings) -> Built:
+        from quantlab import kvcache
+
+        base = build_baseline(src, s)
+        note = (f"weights unquantized; KV cache {bits}-bit ({kvcache.BACKEND} backend, groups of "
+                f"{kvcache.GROUP_SIZE}); perplexity, KL and prefill read the text through the cache "
+                f"{KV_CHUNK} tokens at a time")
+        return Built(kvcache.CachedScoring(base.model, bits, KV_CHUNK), None, base.checkpoint, note)
+
+    return build
+
+
+KV_CHUNK = 64  # tokens per step when the harness reads text through a KV cache
+HQQ_HINT = "DISABLE_CUDA=1 pip install hqq==0.2.8.post1 (see notebooks/13_fp8_hqq_kv_cache)"
+FP8_HINT = "pip install torchao==0.18.0"
+NEW_METHODS = [
+    Method("hqq-int4", "HQQ int4 (hqq library, HqqConfig's settings): calibration-free", "CPU or GPU",
+           _hqq_int4, build_hqq, ("hqq",), HQQ_HINT),
+    Method("fp8-wo", "FP8 E4M3 weights, per-row scales (torchao Float8WeightOnlyConfig)", "GPU, CC >= 8.9",
+           _fp8, _on_load_builder(fp8_weight_only_config), ("torchao",), FP8_HINT, min_capability=FP8_CAPABILITY),
+    Method("fp8-w8a8", "FP8 weights and dynamic FP8 activations, rowwise (torchao)", "GPU, CC >= 8.9",
+           _fp8, _on_load_builder(fp8_w8a8_config), ("torchao",), FP8_HINT, min_capability=FP8_CAPABILITY),
+    Method("kv-int8", "baseline weights, 8-bit quantized KV cache (transformers QuantizedCache, HQQ)", "CPU or GPU",
+           _baseline_format, _kv_cache_builder(8), ("hqq",), HQQ_HINT),
+    Method("kv-int4", "baseline weights, 4-bit quantized KV cache (transformers QuantizedCache, HQQ)", "CPU or GPU",
+           _baseline_format, _kv_cache_builder(4), ("hqq",), HQQ_HINT),
+]
+METHODS += NEW_METHODS
 REGISTRY = {m.name: m for m in METHODS}
 
 

@@ -12,6 +12,9 @@ import torch
 
 from quantlab import linear, memory
 
+# The advisor's compute capabilities (FP8 needs 8.9, notebooks/13); 0.0 is unknown (a Dropdown cannot hold None).
+GPU_CAPABILITIES = {"unknown": 0.0, "7.5 (T4)": 7.5, "8.0 (A100)": 8.0, "8.9 (L4, RTX 40xx)": 8.9,
+                    "9.0 (H100, H200)": 9.0, "10.0 (B200)": 10.0}
 # Dropdown labels -> linear.quantize's group_size (a Dropdown cannot hold None as a value).
 GROUPINGS = {"g32": 32, "g64": 64, "g128": 128, "per channel": None, "per tensor": "tensor"}
 
@@ -63,6 +66,9 @@ def show_recommendation(situation, measured=None) -> None:
 
     choice = advisor.recommend(situation, measured)
     print(f"{choice.method}  ({choice.rule})\n{choice.reason}\n\n{choice.config}")
+    if choice.kv_cache:
+        print(f"\nand a quantized KV cache, {choice.kv_cache}: the 16-bit cache ({situation.kv_cache_gb:g} GB) "
+              f"does not fit beside the weights\n{advisor.CONFIGS[choice.kv_cache]}")
 
 
 def decision_widget(situation, measured=None) -> ipywidgets.interactive:
@@ -74,10 +80,16 @@ def decision_widget(situation, measured=None) -> ipywidgets.interactive:
 
     show_recommendation(situation, measured)
 
-    def redraw(device, memory_budget_gb, model_params_b, fine_tune, target, priority):
+    def redraw(device, memory_budget_gb, model_params_b, fine_tune, target, priority, compute_capability,
+               kv_cache_gb):
         chosen = replace(situation, device=device, memory_budget_gb=memory_budget_gb, model_params_b=model_params_b,
-                         fine_tune=fine_tune, target=target, priority=priority)
+                         fine_tune=fine_tune, target=target, priority=priority,
+                         compute_capability=compute_capability or None, kv_cache_gb=kv_cache_gb)
         show_recommendation(chosen, measured)
+
+    capabilities = dict(GPU_CAPABILITIES)
+    if (situation.compute_capability or 0.0) not in capabilities.values():
+        capabilities[f"{situation.compute_capability:g}"] = situation.compute_capability
 
     return ipywidgets.interactive(
         redraw,
@@ -87,4 +99,8 @@ def decision_widget(situation, measured=None) -> ipywidgets.interactive:
         fine_tune=ipywidgets.Checkbox(value=situation.fine_tune),
         target=ipywidgets.ToggleButtons(options=["experiment", "serving", "edge"], value=situation.target),
         priority=ipywidgets.ToggleButtons(options=["quality", "speed", "size"], value=situation.priority),
+        compute_capability=ipywidgets.Dropdown(options=list(capabilities.items()),
+                                               value=situation.compute_capability or 0.0, description="GPU"),
+        kv_cache_gb=ipywidgets.FloatSlider(value=situation.kv_cache_gb, min=0, max=160, step=0.5,
+                                           description="KV cache GB"),
     )

@@ -50,3 +50,22 @@ def test_rule_1_quick_experiment_is_bitsandbytes():
 def test_every_recommendation_has_a_config_to_copy():
     for situation in (Situation(fine_tune=True), Situation(target="edge"), Situation(model_params_b=1)):
         assert "from_pretrained" in recommend(situation).config
+
+
+def test_fp8_serving_on_a_gpu_that_has_fp8():
+    hopper = Situation(target="serving", model_params_b=70, memory_budget_gb=141, compute_capability=9.0)
+    assert recommend(hopper).method == "fp8-w8a8"
+    assert recommend(Situation(target="serving", model_params_b=70, memory_budget_gb=141,
+                               compute_capability=7.5)).method == "awq-int4"  # a T4-class GPU has no FP8
+    assert "TorchAoConfig" in recommend(hopper).config
+
+
+def test_a_kv_cache_that_does_not_fit_gets_quantized():
+    assert recommend(Situation(model_params_b=1, memory_budget_gb=16)).kv_cache is None
+    assert recommend(Situation(model_params_b=1, memory_budget_gb=16, kv_cache_gb=20)).kv_cache == "kv-int8"
+    assert recommend(Situation(model_params_b=1, memory_budget_gb=16, kv_cache_gb=40)).kv_cache == "kv-int4"
+
+
+def test_hqq_is_a_four_bit_candidate():
+    measured = [*MEASURED, {"method": "hqq-int4", "delta_ppl_pct": 1.0}]
+    assert recommend(Situation(model_params_b=13, memory_budget_gb=12), measured).method == "hqq-int4"

@@ -199,3 +199,28 @@ def test_scoped_logging_changes_are_undone():
         assert not logger.filters[0](logging.makeLogRecord({"msg": "some noise"}))
         assert logger.filters[0](logging.makeLogRecord({"msg": "news"}))
     assert logger.level == logging.INFO and logger.filters == []
+
+
+def test_fp8_needs_a_gpu_of_compute_capability_8_9():
+    for name in ("fp8-wo", "fp8-w8a8"):
+        method = methods.get(name)
+        assert method.min_capability == (8, 9)
+        assert "compute capability 8.9" in method.unavailable_reason("cpu")
+
+
+def test_new_methods_are_registered_with_the_series_int4_group_size():
+    for name in ("hqq-int4", "fp8-wo", "fp8-w8a8", "kv-int8", "kv-int4"):
+        assert name in methods.REGISTRY
+    settings = compare.settings_for("cpu", True, _Config)
+    assert methods.get("hqq-int4").weight_format(settings).group_size == settings.group_size == 64
+
+
+@pytest.mark.slow
+def test_hqq_and_kv_cache_measured_fp8_skipped_on_cpu(tmp_path):
+    new = ["baseline", "hqq-int4", "fp8-wo", "fp8-w8a8", "kv-int4"]
+    assert cli.main(["compare", "--quick", "--methods", ",".join(new), "--out", str(tmp_path)]) == 0
+    rows = {r["method"]: r for r in json.loads((tmp_path / "results.json").read_text())["results"]}
+    assert rows["hqq-int4"]["status"] == "ok" and rows["hqq-int4"]["kernel"] == "HQQLinear"
+    assert rows["kv-int4"]["status"] == "ok" and rows["kv-int4"]["kl"] > rows["baseline"]["kl"]
+    for name in ("fp8-wo", "fp8-w8a8"):
+        assert rows[name]["status"].startswith("skipped: needs an NVIDIA GPU of compute capability 8.9")

@@ -26,7 +26,9 @@ rm -rf "$bnb" "$out/tmp/bnb"
 mv "$out"/tmp/*.whl "$out/a/wheels/"
 
 # 3. Source-only packages: build the pure-Python ones here, carry pypcre's sdist.
-grep -v '^#' "$here/runner-sdists.txt" | grep -v pypcre | xargs "$pip" wheel -q --no-deps -w "$out/a/wheels"
+# DISABLE_CUDA=1: hqq's setup would otherwise compile its optional CUDA kernels into the build (notebooks/13)
+grep -v '^#' "$here/runner-sdists.txt" | grep -v pypcre | sed 's/ *#.*//' \
+  | DISABLE_CUDA=1 xargs "$pip" wheel -q --no-deps -w "$out/a/wheels"
 "$pip" download -q --no-deps --no-binary=:all: --no-build-isolation -d "$out/a/sdists" "$(grep '^pypcre' "$here/runner-sdists.txt")"
 
 # 4. The model package, split so that each part fits one transfer.

@@ -1,0 +1,28 @@
+"""Run a notebook's own code in a test: the from-scratch cells stay in the notebook, their one source.
+
+``load_cells("notebooks/13_fp8_hqq_kv_cache.py", "from-scratch")`` reads the jupytext py:percent file with
+jupytext's reader and executes, in order, every code cell tagged ``from-scratch``
+(``# %% tags=["from-scratch"]``) in a fresh namespace, which it returns. Tagged cells must therefore only
+define things (functions, constants) and depend on nothing but their imports and earlier tagged cells.
+"""
+
+from pathlib import Path
+from types import SimpleNamespace
+
+import jupytext
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def load_cells(notebook_py: str | Path, tag: str) -> SimpleNamespace:
+    """The names defined by the code cells of ``notebook_py`` (relative to the repository) tagged ``tag``."""
+    path = ROOT / notebook_py
+    notebook = jupytext.read(path)
+    cells = [cell for cell in notebook.cells
+             if cell.cell_type == "code" and tag in cell.metadata.get("tags", [])]
+    if not cells:
+        raise LookupError(f"{path} has no code cell tagged {tag!r}")
+    namespace = {"__name__": f"notebook_cells_{tag.replace('-', '_')}"}
+    for number, cell in enumerate(cells):
+        exec(compile(cell.source, f"{path.name}[{tag} #{number}]", "exec"), namespace)  # noqa: S102
+    return SimpleNamespace(**{k: v for k, v in namespace.items() if not k.startswith("__")})
