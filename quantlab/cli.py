@@ -1,4 +1,4 @@
-"""The ``quantlab`` command: ``quantlab env`` and ``quantlab compare``."""
+"""The ``quantlab`` command: ``quantlab env``, ``quantlab compare`` and ``quantlab sweep``."""
 
 import argparse
 import sys
@@ -19,6 +19,12 @@ def _compare(args) -> None:
         quick=args.quick, compile_decode=args.compile, include_slow=args.include_slow)
 
 
+def _sweep(args) -> None:
+    from quantlab.sweep import run
+
+    run(sizes=args.sizes, methods_csv=args.methods, engines=args.engines, batch=args.batch, out_dir=args.out)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="quantlab", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -36,6 +42,17 @@ def build_parser() -> argparse.ArgumentParser:
     compare.add_argument("--compile", action="store_true",
                          help="also measure decode with a static KV cache and torch.compile (GPU)")
     compare.set_defaults(func=_compare)
+    sweep = sub.add_parser("sweep", help="decode speed and memory of model size x method x engine x batch, "
+                                         "with the bandwidth floor (notebook 11)")
+    sweep.add_argument("--sizes", default=None, help="comma-separated shapes (default: those that fit here; "
+                                                     "quantlab.shapes.SHAPES lists them)")
+    sweep.add_argument("--methods", default=None, help="comma-separated methods (default: all; quantlab.sweep.METHODS)")
+    sweep.add_argument("--engines", default=None,
+                       help="comma-separated engines: eager, compiled, llama.cpp, vllm (default: CPU eager,llama.cpp; "
+                            "GPU eager,compiled,vllm)")
+    sweep.add_argument("--batch", default="1,8", help="comma-separated batch sizes (default: 1,8)")
+    sweep.add_argument("--out", default="sweep", help="output folder for results.json/.md and plots")
+    sweep.set_defaults(func=_sweep)
     return parser
 
 
