@@ -142,7 +142,7 @@ def checkpoint(name: str) -> Path:
     def save(folder: Path) -> None:
         from transformers import AutoTokenizer
 
-        model = build_random(name, "cpu", torch.float16)
+        model = build_random(name, models.default_device(), torch.float16)  # seconds on a GPU
         tokenizer = AutoTokenizer.from_pretrained(models.resolve().path)
         model.config.bos_token_id, model.config.eos_token_id = tokenizer.bos_token_id, tokenizer.eos_token_id
         model.generation_config.bos_token_id = tokenizer.bos_token_id
