@@ -6,7 +6,8 @@ weights, not on what the weights say. So besides the default model (SmolLM2-135M
 written below as literals. **Speed and memory only: random weights have no quality** (their text is noise, their
 perplexity meaningless); every table and plot that shows them says so.
 
-* :func:`config` - the transformers config of a shape; :func:`parameter_count` counts it on the meta device;
+* :func:`config` - the transformers config of a shape; :func:`empty_model` builds it on the meta device and
+  :func:`parameter_count` counts it there;
 * :func:`build_random` - the model on a device, seeded, every weight drawn once from N(0, 0.02) in the target
   dtype on that device (what the models' own init does, without building in float32 first);
 * :func:`checkpoint` - a shape saved once as a 16-bit safetensors folder in the cache (for loaders that read files:
@@ -90,15 +91,21 @@ def config(name: str):
     return config_class(**shape.values)
 
 
-def parameter_count(name: str) -> int:
-    """Parameters of a shape, counted on the meta device (nothing allocated), a tied embedding and head once."""
+def empty_model(name: str):
+    """The model of a shape on the meta device: every tensor's shape and dtype, no memory, no init (the head tied
+    to the embedding where the config says so). For counting and size estimates (:mod:`quantlab.memory`)."""
     from accelerate import init_empty_weights
     from transformers import AutoModelForCausalLM
 
     with init_empty_weights():
-        empty = AutoModelForCausalLM.from_config(config(name))
+        empty = AutoModelForCausalLM.from_config(config(name), dtype=torch.float16)
     empty.tie_weights()  # on the meta device from_config leaves the head untied
-    return sum(p.numel() for p in empty.parameters())
+    return empty
+
+
+def parameter_count(name: str) -> int:
+    """Parameters of a shape, counted on the meta device (nothing allocated), a tied embedding and head once."""
+    return sum(p.numel() for p in empty_model(name).parameters())
 
 
 @torch.no_grad()

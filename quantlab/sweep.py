@@ -504,8 +504,10 @@ def _free(model=None) -> None:
 RUN_ERRORS = (QuantlabError, RuntimeError, ValueError, ImportError, OSError, TypeError, AssertionError)
 
 
-def run(sizes=None, methods_csv=None, engines=None, batch=None, out_dir="sweep", device=None) -> list[dict]:
-    """Measure every point of the plan, writing results.json/.md after each; returns the rows."""
+def run(sizes=None, methods_csv=None, engines=None, batch=None, out_dir="sweep", device=None,
+        verbose=True) -> list[dict]:
+    """Measure every point of the plan, writing results.json/.md after each; returns the rows. ``verbose`` prints
+    a line per point and the table at the end."""
     p = plan(sizes, methods_csv, engines, batch, device)
     out = Path(out_dir)
     check_out_dir(out)
@@ -523,12 +525,13 @@ def run(sizes=None, methods_csv=None, engines=None, batch=None, out_dir="sweep",
         meta.update(wall_seconds=time.time() - started, load_average_end=os.getloadavg())
         write_outputs(rows, meta, out)
 
-    print(f"quantlab sweep on {p.device}: copy bandwidth {bandwidth / 1e9:.1f} GB/s; {shapes.RANDOM_LABEL} "
-          "(every shape but the default model)")
+    say = print if verbose else lambda *args: None
+    say(f"quantlab sweep on {p.device}: copy bandwidth {bandwidth / 1e9:.1f} GB/s; {shapes.RANDOM_LABEL} "
+        "(every shape but the default model)")
     with _quiet(), torch_threads(llama_cpp_threads()):
         for (size, method), group in _by_model(points(p)):
-            _measure_model(p, size, method, group, protocol, bandwidth, rows, save)
-    print(markdown_table(rows))
+            _measure_model(p, size, method, group, protocol, bandwidth, rows, save, say)
+    say(markdown_table(rows))
     return rows
 
 
@@ -539,7 +542,7 @@ def _by_model(all_points):
     return groups.items()
 
 
-def _measure_model(p: Plan, size, method, group, protocol, bandwidth, rows, save) -> None:
+def _measure_model(p: Plan, size, method, group, protocol, bandwidth, rows, save, say) -> None:
     """One model load for every transformers point of (size, method); llama.cpp loads its file per point."""
     model, load = None, {}
     try:
@@ -563,7 +566,7 @@ def _measure_model(p: Plan, size, method, group, protocol, bandwidth, rows, save
                 row["status"] = f"failed: {type(err).__name__}: {str(err).splitlines()[0][:300] if str(err) else ''}"
             if not reason:
                 row["wall_s"] = time.time() - started
-                print(f"  {size} {method} {engine} batch {batch}: {_short(row)}")
+                say(f"  {size} {method} {engine} batch {batch}: {_short(row)}")
             rows.append(row)
             save()
     finally:
