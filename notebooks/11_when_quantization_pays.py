@@ -139,7 +139,6 @@ for name, stock in inventories.items():
 # each operation is at least one kernel launch, and the launches themselves cost microseconds of CPU time each.
 
 # %% tags=["nbval-ignore-output"]
-
 import torch
 from torch.profiler import ProfilerActivity, profile
 
