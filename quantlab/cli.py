@@ -46,7 +46,9 @@ def build_parser() -> argparse.ArgumentParser:
                                          "with the bandwidth floor (notebook 11)")
     sweep.add_argument("--sizes", default=None, help="comma-separated shapes (default: those that fit here; "
                                                      "quantlab.shapes.SHAPES lists them)")
-    sweep.add_argument("--methods", default=None, help="comma-separated methods (default: all; quantlab.sweep.METHODS)")
+    sweep.add_argument("--methods", default=None,
+                       help="comma-separated methods (default: CPU baseline,gguf-q8_0,gguf-q4_k_m; "
+                            "GPU baseline,bnb-int8,bnb-nf4,gptq-int4,fp8)")
     sweep.add_argument("--engines", default=None,
                        help="comma-separated engines: eager, compiled, llama.cpp, vllm (default: CPU eager,llama.cpp; "
                             "GPU eager,compiled,vllm)")
