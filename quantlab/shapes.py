@@ -182,7 +182,7 @@ def gguf_checkpoint(name: str) -> Path:
     """What :func:`quantlab.ggml.write_gguf` converts: the Llama-architecture checkpoint of a shape.
 
     write_gguf converts Llama checkpoints with plain RoPE. Qwen2.5-0.5B's shape is written as a Llama model with
-    its widths, layers, heads and vocabulary (Qwen2 adds a bias to q/k/v: 0.1 % of its weights), and Llama 3's
+    its widths, layers, heads and vocabulary, without Qwen2's q/k/v biases (0.006 % of its weights), and Llama 3's
     RoPE scaling is left out (it changes the rotation frequencies, not the bytes or the work per token).
     """
     shape = get(name)
@@ -195,6 +195,8 @@ def gguf_checkpoint(name: str) -> Path:
     source = checkpoint(name)
 
     def convert(folder: Path) -> None:
+        from safetensors import safe_open
+        from safetensors.torch import save_file
         from transformers import LlamaConfig
 
         values = {**shape.values, "rope_parameters": {"rope_type": "default",
@@ -202,9 +204,12 @@ def gguf_checkpoint(name: str) -> Path:
         saved = json.loads((source / "config.json").read_text())
         values.update(bos_token_id=saved["bos_token_id"], eos_token_id=saved["eos_token_id"], dtype="float16")
         LlamaConfig(**values).save_pretrained(folder)
+        with safe_open(source / "model.safetensors", framework="pt") as f:
+            save_file({n: f.get_tensor(n) for n in f.keys() if not n.endswith(".bias")},  # noqa: SIM118
+                      folder / "model.safetensors", metadata={"format": "pt"})
         for file in source.iterdir():
-            if file.name != "config.json":
-                os.link(file, folder / file.name)
+            if file.suffix != ".safetensors" and file.name != "config.json":
+                shutil.copy(file, folder / file.name)
 
     write_once(target, convert)
     return target
