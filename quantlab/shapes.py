@@ -169,6 +169,7 @@ def write_once(target: Path, write) -> None:
     tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{os.getpid()}-", dir=target.parent))
     try:
         write(tmp)
+        tmp.chmod(0o755)  # mkdtemp's 0o700 otherwise
         shutil.rmtree(target, ignore_errors=True)
         tmp.rename(target)
     finally:
