@@ -1,4 +1,4 @@
-"""The ``quantlab`` command: ``quantlab env``, ``quantlab compare`` and ``quantlab support``."""
+"""The ``quantlab`` command: ``quantlab env``, ``compare``, ``sweep`` and ``support``."""
 
 import argparse
 import sys
@@ -31,6 +31,12 @@ def _support(args) -> None:
         raise QuantlabError("README.md's support matrix is out of date: run `quantlab support`.")
 
 
+def _sweep(args) -> None:
+    from quantlab.sweep import run
+
+    run(sizes=args.sizes, methods_csv=args.methods, engines=args.engines, batch=args.batch, out_dir=args.out)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="quantlab", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -51,6 +57,19 @@ def build_parser() -> argparse.ArgumentParser:
     supported = sub.add_parser("support", help="write README.md's support matrix from the runs in docs/runs/")
     supported.add_argument("--check", action="store_true", help="write nothing; fail if README.md is not current")
     supported.set_defaults(func=_support)
+    sweep = sub.add_parser("sweep", help="decode speed and memory of model size x method x engine x batch, "
+                                         "with the bandwidth floor (notebook 11)")
+    sweep.add_argument("--sizes", default=None, help="comma-separated shapes (default: those that fit here; "
+                                                     "quantlab.shapes.SHAPES lists them)")
+    sweep.add_argument("--methods", default=None,
+                       help="comma-separated methods (default: CPU baseline,gguf-q8_0,gguf-q4_k_m; "
+                            "GPU baseline,bnb-int8,bnb-nf4,gptq-int4,fp8)")
+    sweep.add_argument("--engines", default=None,
+                       help="comma-separated engines: eager, compiled, llama.cpp, vllm (default: CPU eager,llama.cpp; "
+                            "GPU eager,compiled,vllm)")
+    sweep.add_argument("--batch", default="1,8", help="comma-separated batch sizes (default: 1,8)")
+    sweep.add_argument("--out", default="sweep", help="output folder for results.json/.md and plots")
+    sweep.set_defaults(func=_sweep)
     return parser
 
 

@@ -309,11 +309,13 @@ def _require_cuda(what: str) -> None:
         raise QuantlabError(f"{what} is measured on a CUDA GPU; this machine has none.")
 
 
-def memory_bandwidth(n_bytes: int = 1 << 30, repeats: int = 5) -> float:
-    """Device memory bandwidth in bytes/s: a device-to-device copy of ``n_bytes`` reads and writes each
-    byte once, so it moves ``2 * n_bytes``; the median of ``repeats`` copies after one warm-up."""
-    _require_cuda("memory bandwidth")
-    src = torch.empty(n_bytes, dtype=torch.uint8, device="cuda")
+def memory_bandwidth(n_bytes: int = 1 << 30, repeats: int = 5, device: str = "cuda") -> float:
+    """Memory bandwidth of ``device`` in bytes/s: a copy of ``n_bytes`` reads and writes each byte once, so it
+    moves ``2 * n_bytes``; the median of ``repeats`` copies after one warm-up. On a GPU a device-to-device copy;
+    on a CPU (``device="cpu"``, notebooks/11) a large memcpy, with torch's threads."""
+    if device.startswith("cuda"):
+        _require_cuda("memory bandwidth")
+    src = torch.empty(n_bytes, dtype=torch.uint8, device=device)
     dst = torch.empty_like(src)
     times = []
     for _ in range(repeats + 1):

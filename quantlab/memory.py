@@ -17,6 +17,7 @@ from pathlib import Path
 
 import torch
 from torch import nn
+from torch.utils._python_dispatch import is_traceable_wrapper_subclass
 
 MB = 1e6
 
@@ -67,15 +68,25 @@ def _unique_tensors(model: nn.Module) -> Iterator[torch.Tensor]:
         for t in (inner for outer in (tensor, *_extra_quant_tensors(tensor)) for inner in _stored_tensors(outer)):
             if t.device.type == "meta":
                 continue
-            key = (t.device, t.untyped_storage().data_ptr(), t.storage_offset(), t.numel())
+            key = (id(t),) if is_traceable_wrapper_subclass(t) else (  # a wrapper (torchao) has no storage
+                t.device, t.untyped_storage().data_ptr(), t.storage_offset(), t.numel())
             if key not in seen:
                 seen.add(key)
                 yield t
 
 
+def _stored_bytes(tensor: torch.Tensor) -> int:
+    """Bytes of a tensor; for a tensor subclass that wraps others (torchao's float8 weights: fp8 data and scales,
+    notebooks/11), the bytes of the tensors inside it."""
+    if is_traceable_wrapper_subclass(tensor):
+        names, _ = tensor.__tensor_flatten__()
+        return sum(_stored_bytes(getattr(tensor, name)) for name in names)
+    return tensor.numel() * tensor.element_size()
+
+
 def weight_bytes(model: nn.Module) -> int:
     """Bytes that the model's tensors occupy, packed quantized weights at their real size."""
-    return sum(t.numel() * t.element_size() for t in _unique_tensors(model))
+    return sum(_stored_bytes(t) for t in _unique_tensors(model))
 
 
 def count_parameters(model: nn.Module) -> int:

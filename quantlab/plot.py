@@ -77,3 +77,64 @@ def save_for_slides(fig, name: str, folder: str | os.PathLike = "figures", dpi: 
         tmp.unlink(missing_ok=True)
         raise
     return path
+
+
+# --- the sweep's figures (notebooks/11_when_quantization_pays) --------------------------------------------------
+
+
+def _series(rows: list[dict]) -> dict[tuple[str, str, int], list[dict]]:
+    """Measured sweep points per (engine, method, batch), ordered by parameter count."""
+    series: dict[tuple[str, str, int], list[dict]] = {}
+    for r in sorted(_measured(rows, "decode_ms"), key=lambda r: r["params"]):
+        series.setdefault((r["engine"], r["method"], r["batch"]), []).append(r)
+    return series
+
+
+def _label(key: tuple[str, str, int], batches: set[int]) -> str:
+    engine, method, batch = key
+    return f"{engine} · {method}" + (f" · batch {batch}" if len(batches) > 1 else "")
+
+
+def sweep_speed(rows: list[dict], path: Path | None = None, bandwidth_gb_s: float | None = None):
+    """Decode tokens/s against parameters per engine and method (solid), each over its bandwidth floor (dotted,
+    same colour); a star marks a quantized point faster than 16-bit at the same size, engine and batch."""
+    series = _series(rows)
+    batches = {key[2] for key in series}
+    fig, ax = plt.subplots(figsize=(8, 5))
+    base = {(r["size"], r["engine"], r["batch"]): r["tok_s"] for r in _measured(rows, "decode_ms")
+            if r["method"] == "baseline"}
+    for key, points in series.items():
+        params = [r["params"] for r in points]
+        (line,) = ax.plot(params, [r["tok_s"] for r in points], marker="o", label=_label(key, batches))
+        ax.plot(params, [1000 * r["batch"] / r["floor_ms"] for r in points], ls=":", color=line.get_color())
+        faster = [r for r in points if r["method"] != "baseline"
+                  and r["tok_s"] > base.get((r["size"], r["engine"], r["batch"]), float("inf"))]
+        ax.scatter([r["params"] for r in faster], [r["tok_s"] for r in faster], marker="*", s=220,
+                   color=line.get_color(), zorder=3)
+    floor = f" at {bandwidth_gb_s:.0f} GB/s copy bandwidth" if bandwidth_gb_s else ""
+    ax.set(xscale="log", yscale="log", xlabel="parameters (random weights beyond the default model)",
+           ylabel="decode tokens/s (median)",
+           title=f"Decode speed against size; dotted: bandwidth floor{floor}; ★ quantized faster than 16-bit")
+    ax.grid(alpha=0.3, which="both")
+    ax.legend(fontsize=7)
+    return _save(fig, path)
+
+
+def sweep_memory(rows: list[dict], path: Path | None = None):
+    """Weight memory (solid) and peak memory (dashed) against parameters, per engine and method, smallest batch."""
+    series = _series(rows)
+    smallest = min((key[2] for key in series), default=1)
+    fig, ax = plt.subplots(figsize=(8, 5))
+    for key, points in series.items():
+        if key[2] != smallest:
+            continue
+        params = [r["params"] for r in points]
+        (line,) = ax.plot(params, [r["weight_mb"] / 1000 for r in points], marker="o", label=_label(key, set()))
+        peaks = [(r["params"], r["peak_mb"] / 1000) for r in points if r.get("peak_mb")]
+        if peaks:
+            ax.plot(*zip(*peaks, strict=True), ls="--", color=line.get_color())
+    ax.set(xscale="log", yscale="log", xlabel="parameters", ylabel="GB",
+           title="Memory against size: weights (solid), peak while decoding (dashed)")
+    ax.grid(alpha=0.3, which="both")
+    ax.legend(fontsize=7)
+    return _save(fig, path)

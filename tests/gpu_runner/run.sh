@@ -7,6 +7,7 @@
 #   tests/gpu_runner/run.sh unit [FILES]      unit tests (default: tests/)
 #   tests/gpu_runner/run.sh notebooks [NBS]   nbval-lax over notebooks (default: notebooks/*.ipynb)
 #   tests/gpu_runner/run.sh compare [ARGS]    `quantlab compare` on the default model
+#   tests/gpu_runner/run.sh sweep [ARGS]      `quantlab sweep` (notebook 11): results to $OUT/sweep${TAG}
 #   tests/gpu_runner/run.sh suite             unit, notebooks and compare in one call
 #   tests/gpu_runner/run.sh install-vllm-N    stage part N of bundle-vllm.sh's vLLM tar; the last one joins, checks
 #                                             and installs it, then checks that `vllm serve` imports
@@ -15,7 +16,7 @@
 # Every test step appends "NAME rc=.. seconds=.." to $OUT/steps.txt and writes its log and junit XML to $OUT.
 # The runner keeps what a call installed only if the next call comes within about 30 s, and one call may run
 # 10 minutes: split a long suite over several calls (README.md). Step limits: UNIT_LIMIT, NOTEBOOK_LIMIT,
-# COMPARE_LIMIT (seconds).
+# COMPARE_LIMIT, SWEEP_LIMIT (seconds).
 set -uo pipefail
 stage=/tmp/quantlab-stage
 python=${PYTHON:-python3}
@@ -123,6 +124,12 @@ compare() {  # the device tool brings back 8 files at most: the tables come back
   keep_kernels
 }
 
+sweep() {  # writes after every point, so a step stopped by its limit still returns what it measured
+  local folder="$out/sweep${TAG:-}"
+  step "sweep${TAG:-}" "${SWEEP_LIMIT:-560}" "$python" -m quantlab sweep --out "$folder" "$@"
+  keep_kernels
+}
+
 command=${1:-}
 shift || true
 case "$command" in
@@ -130,9 +137,9 @@ case "$command" in
   install-b) install_b ;;
   install-c) install_c ;;
   install-kernels) install_kernels ;;
-  unit|notebooks|compare) need_installed c; [ -f "$out/env.txt" ] || describe_machine; "$command" "$@" ;;
+  unit|notebooks|compare|sweep) need_installed c; [ -f "$out/env.txt" ] || describe_machine; "$command" "$@" ;;
   suite) need_installed c; describe_machine; unit; notebooks; compare ;;
   install-vllm-[0-9]*) install_vllm "${command#install-vllm-}" ;;
   serve) [ -f "$out/env.txt" ] || describe_machine; serve_step "$@" ;;
-  *) sed -n '2,17p' "$0"; exit 2 ;;
+  *) sed -n '2,19p' "$0"; exit 2 ;;
 esac
