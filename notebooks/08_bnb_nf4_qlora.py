@@ -256,29 +256,6 @@ print("dequantized weight identical to F.dequantize_4bit:", torch.equal(ours, F.
 # absmax codes (replace the table with `torch.argmin` over the 16 values to count them). bitsandbytes' CUDA
 # kernels are separate code; this notebook checks the CPU path only.
 #
-# **Which CPU path.** bitsandbytes 0.50 has two CPU implementations of `dequantize_4bit`: plain torch, and, on
-# CPUs where torch reports AVX512 (`torch.backends.cpu.get_cpu_capability()`), a C++ kernel. The C++ kernel
-# assumes that a row of the matrix holds whole blocks of 64; bitsandbytes' quantizer counts blocks over the
-# flattened matrix. For a weight whose rows are not a multiple of 64 long, the two disagree and the C++ kernel
-# returns wrong values. This model's weights are all multiples of 64 wide, so the models below are unaffected;
-# the next cell shows the case on a random 3 × 96 matrix, whatever your CPU.
-#
-# %% tags=["nbval-ignore-output"]
-avx512 = torch.backends.cpu.get_cpu_capability() == "AVX512"
-print("this CPU, as torch sees it:", "AVX512: bitsandbytes' C++ kernel" if avx512 else "no AVX512: bitsandbytes' torch code")
-narrow = torch.randn(3, 96, generator=torch.Generator().manual_seed(SEED))  # 288 values: blocks cross the rows
-packed_narrow, state_narrow = F.quantize_4bit(narrow, blocksize=64, quant_type="nf4", compress_statistics=False)
-reference = nf4.dequantize_nf4(packed_narrow, state_narrow.absmax, narrow.shape)  # blocks over the flat matrix
-by_bnb = F.dequantize_4bit(packed_narrow, state_narrow)
-print("bitsandbytes' dequantize_4bit agrees with its own quantizer's blocks:", torch.equal(by_bnb, reference))
-print(f"largest difference: {(by_bnb - reference).abs().max():.3g}")
-
-# %%
-# NBVAL_CHECK_OUTPUT
-print("as described above for this CPU (wrong with AVX512, right without):", torch.equal(by_bnb, reference) != avx512)
-
-# %% [markdown]
-#
 # How much does double quantization cost in accuracy? Compare the weight rebuilt from exact and from 8-bit
 # absmax values:
 
@@ -350,10 +327,9 @@ print(f"measured / estimate: {measured_4bit / estimate_4bit:.2f}")
 # The measured size is a little above the estimate: every layer also stores its 16-value NF4 table and its
 # 256-value 8-bit code, 1088 bytes per layer.
 #
-# One more CPU detail: the size was measured right after loading. On CPUs with AVX512-BF16, bitsandbytes repacks
-# each 4-bit weight for its CPU matmul at the first forward pass (its block scales become bfloat16 and the double
-# quantization is undone), so `weight_bytes` grows a little from then on; elsewhere, and on a GPU, nothing
-# changes. The next cell measures it again after one forward pass, on your machine:
+# One more CPU detail: the size was measured right after loading. bitsandbytes can repack 4-bit weights for its
+# CPU matmul at the first forward pass on some CPUs (its AVX512-BF16 path), which changes what `weight_bytes`
+# counts; the next cell measures again after one forward pass, on your machine.
 
 # %% tags=["nbval-ignore-output"]
 with torch.inference_mode():
