@@ -30,7 +30,7 @@
 #
 # | runtime | CPU (2 cores) | GPU |
 # |---|---|---|
-# | this notebook | not recorded yet | not recorded yet |
+# | this notebook | 6.4 min (the committed run, 2-core CPU, 2026-12-02) | not recorded yet |
 #
 # Every number in this notebook is measured or computed when you run the cell, on your hardware. Nothing is typed in.
 # **The models beyond the default one have random weights: speed and memory only, random weights have no quality.**
@@ -54,6 +54,9 @@ import logging
 # torchao's and torch's notices at the first model load, about kernels this series does not use (notebook 01)
 logging.getLogger("torchao").setLevel(logging.ERROR)
 logging.getLogger("torch.utils._pytree").setLevel(logging.ERROR)
+from transformers.utils import logging as hf_logging
+
+hf_logging.disable_progress_bar()  # no bar per model load: the sweep loads a model per point
 # %matplotlib inline
 
 # %% [markdown]
@@ -137,8 +140,10 @@ for name, stock in inventories.items():
 # The profiler records every operation of one decoding step of the default model (its KV cache filled by a prompt
 # first). Matrix multiplies are where the weights are read; everything else is overhead in the sense above. On a GPU
 # each operation is at least one kernel launch, and the launches themselves cost microseconds of CPU time each.
+# (torch's profiler prints two `USDT ... profiler_start/stop` lines on stderr from its C++ side; no Python setting
+# turns them off, so this cell is tagged to show them.)
 
-# %% tags=["nbval-ignore-output"]
+# %% tags=["nbval-ignore-output", "stderr-expected"]
 import torch
 from torch.profiler import ProfilerActivity, profile
 
@@ -205,7 +210,8 @@ for r in measured:
     print(f"{r['size']:13} {r['method']:11} {r['engine']:9} batch {r['batch']}: {r['decode_ms']:8.2f} ms/step "
           f"({r['decode_ms_min']:.1f}-{r['decode_ms_max']:.1f}), {r['tok_s']:7.1f} tok/s | floor {r['floor_ms']:7.2f} "
           f"ms, {r['floor_fraction']:4.0%}")
-print(f"{len(rows) - len(measured)} points not measured here:", *reasons, sep="\n  ")
+if reasons:
+    print(f"{len(rows) - len(measured)} points not measured here:", *reasons, sep="\n  ")
 
 # %% [markdown]
 # ### Does 4-bit decode faster?
@@ -230,6 +236,7 @@ for r in measured:
           f"in {r['decode_ms']:7.2f} ms = {r['bytes_per_step'] / r['decode_ms'] / 1e6:5.1f} GB/s")
 
 # %% [markdown]
+# With only two sizes a fit is a line through two noisy points: on a shared machine *c* can even come out negative.
 # Read the lines of your run like this: a point near the copy bandwidth is memory-bound, and fewer bytes make it
 # faster in proportion; a point far below it is bound by the overhead *c* or by the work of decoding the format.
 # A 4-bit K-quant must unpack its 6-bit scales and 4-bit codes before it multiplies: on a CPU core that arithmetic
