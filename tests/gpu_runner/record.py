@@ -51,6 +51,13 @@ def section(outs: list[Path]) -> str:
         data = json.loads(results.read_text())
         lines += [f"Compare ({data['meta']['protocol']}):", "", markdown_table(data["results"]), "",
                   *markdown_notes(data["results"]), ""]
+    for results in sorted(p for o in outs for p in o.glob("sweep*/results.md")):
+        body = results.read_text().split("\n", 1)[1].strip()  # below its own title
+        lines += [f"Sweep ({results.parent.name}):", "", body, ""]
+    checks = [line for o in outs for f in sorted(o.glob("check-*.txt")) for line in f.read_text().splitlines()
+              if line.strip() and not line.startswith(("\r", "Loading", "Converting", "Writing", "quantlab:"))]
+    if checks:
+        lines += ["Checks on the runner's CPU:", "```", *checks, "```", ""]
     return "\n".join(lines)
 
 
