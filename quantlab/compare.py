@@ -22,6 +22,7 @@ from pathlib import Path
 
 import matplotlib.pyplot as plt
 import torch
+from huggingface_hub.utils import are_progress_bars_disabled
 from tqdm.auto import tqdm
 
 from quantlab import env, evaluate, memory, methods, models, plot
@@ -217,6 +218,9 @@ def run(model_id=None, methods_csv=None, eval_source="shakespeare", out_dir="res
         _add_deltas(rows)
         write_outputs(rows, {**meta, "wall_seconds": time.time() - started}, Path(out_dir))
 
+    # huggingface_hub's documented switch (HF_HUB_DISABLE_PROGRESS_BARS=1), read before the run hides the per-load
+    # bars: `make execute` sets it, so committed notebooks carry no bar (tqdm's notebook widget ignores TQDM_DISABLE)
+    bars_hidden = are_progress_bars_disabled()
     with _one_progress_bar(), contextlib.ExitStack() as quiet:
         for name in QUIET_LOGGERS:
             quiet.enter_context(methods.logger_level(name, logging.ERROR))
@@ -224,7 +228,7 @@ def run(model_id=None, methods_csv=None, eval_source="shakespeare", out_dir="res
         # and transformers warns once that a base model has no loss type (notebooks/03)
         quiet.enter_context(methods.dropped_messages("transformers.modeling_utils", "loss_type=None"))
         baseline = _baseline_reference(src, settings, protocol, eval_ids, compile_decode)
-        for method in (bar := tqdm(chosen, desc="methods", unit="method")):
+        for method in (bar := tqdm(chosen, desc="methods", unit="method", disable=bars_hidden)):
             bar.set_postfix_str(method.name)
             reason = method.unavailable_reason(device) or (None if include_slow else slow_reason(method, src, settings))
             if reason:
