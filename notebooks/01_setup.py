@@ -71,7 +71,7 @@ MODEL_ID = None
 # `quantlab.env.report()` (also `quantlab env` in a terminal) lists your hardware, the version of every
 # package the series uses, and for each quantization method whether it can run here, and if not, why.
 
-# %% tags=["nbval-ignore-output"]
+# %% tags=["nbval-ignore-output", "long-output"]
 import quantlab.env
 
 print(quantlab.env.report())
