@@ -31,7 +31,7 @@
 #
 # | runtime | CPU (2 cores) | GPU |
 # |---|---|---|
-# | this notebook | about 1.5 min (nbval, one thread, on the shared 2-core machine; up to 6 min when other jobs load it) | about 25 s (nbval on an H200, 2026-11-27) |
+# | this notebook | 86 s (the committed run, 2-core CPU, 2026-12-02) | 22 s (nbval on an NVIDIA H200, 2026-11-28) |
 #
 # Every number in this notebook is computed or measured when you run the cell. Nothing is typed in.
 

@@ -29,7 +29,7 @@
 #
 # | runtime | CPU (2 cores) | GPU |
 # |---|---|---|
-# | this notebook | about 8.5 min (nbval, one thread, on the shared 2-core machine) | about 1.7 min (nbval on an H200, 2026-11-27) |
+# | this notebook | 5.0 min (the committed run, 2-core CPU, 2026-12-02) | 1.9 min (nbval on an NVIDIA H200, 2026-11-28) |
 #
 # Every number in this series is measured when you run the cell, on your hardware. Nothing is typed in.
 

@@ -27,7 +27,7 @@
 #
 # | runtime | CPU (2 cores) | GPU |
 # |---|---|---|
-# | this notebook | about 1.2 min with notebook 03's checkpoint (nbval, one thread, shared 2-core machine), 4 min without | about 30 s with notebook 03's checkpoint (nbval on an H200, 2026-11-27) |
+# | this notebook | 61 s (the committed run, 2-core CPU, 2026-12-02) | 32 s (nbval on an NVIDIA H200, 2026-11-28) |
 #
 # Every number in this series is measured when you run the cell, on your hardware. Nothing is typed in.
 

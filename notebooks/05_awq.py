@@ -32,7 +32,7 @@
 #
 # | runtime | CPU (2 cores) | GPU |
 # |---|---|---|
-# | this notebook | about 7 min on a 2-core shared CPU (`make execute`, one thread, empty cache: 2.7 min AWQ and 1.1 min GPTQ calibration); 3.5 min with the checkpoints cached | about 7 min (nbval on an H200, empty cache, gptqmodel's CUDA kernels already compiled; compiling them first adds about 4.5 min: Marlin 3-3.5, AWQ 1.3); about 2 min with the AWQ checkpoint cached |
+# | this notebook | 3.6 min (the committed run, 2-core CPU, 2026-12-02) | 8.0 min (nbval on an NVIDIA H200, 2026-11-28) |
 #
 # Every number in this series is measured when you run the cell, on your hardware. Nothing is typed in.
 

@@ -28,7 +28,7 @@
 #
 # | runtime | CPU (2 cores) | GPU |
 # |---|---|---|
-# | this notebook | about 5 min (4 CPU-minutes; 12 min wall measured on a heavily shared machine) | about 2 min (nbval on an H200; llama.cpp runs on the CPU) |
+# | this notebook | 7.4 min (the committed run, 2-core CPU, 2026-12-02) | 2.3 min (nbval on an NVIDIA H200, 2026-11-28) |
 #
 # Every number in this notebook is computed or measured when you run the cell. Nothing is typed in.
 

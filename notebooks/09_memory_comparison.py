@@ -28,7 +28,7 @@
 #
 # | runtime | CPU (2 cores) | GPU |
 # |---|---|---|
-# | this notebook | about 10 min after notebooks 01-08, with their quantized checkpoints cached (9.5-10 min measured with `make execute`, one thread on a 2-core CPU shared with other jobs); about 12 min alone with an empty cache, GPTQ, RTN and the GGUF files made here (nbval of 09 and 10 on a clean clone: 12.3 min, 2 threads, 2026-11-28; AWQ is skipped on a CPU without its checkpoint) | about 6 min after notebook 05 and a compare of RTN and GPTQ on the same machine (nbval on an H200, 2026-11-27: those checkpoints and the kernels cached, the rest made here) |
+# | this notebook | 18.2 min (the committed run, 2-core CPU, 2026-12-02) | 5.4 min (nbval on an NVIDIA H200, 2026-11-28) |
 #
 # Every number in this notebook is measured when you run the cell, on your hardware. Nothing is typed in.
 
@@ -109,7 +109,7 @@ OUT = Path("results") / "09"
 # A method quantized here prints one line: what gptqmodel and optimum print while quantizing (a table and log
 # lines per layer, thousands of lines) goes to `quantize.log` in its checkpoint folder.
 
-# %% tags=["nbval-ignore-output"]
+# %% tags=["nbval-ignore-output", "progress-bar"]
 from quantlab import compare, evaluate, models
 
 with evaluate.timed() as t_compare:
@@ -147,7 +147,7 @@ print("every method measured or skipped with a reason:",
 # - **peak_mb** on a CPU is the process's peak resident memory while loading and evaluating, Python and every
 #   library included: compare it between methods, not with `weight_mb` (section 2.1).
 
-# %% tags=["nbval-ignore-output"]
+# %% tags=["nbval-ignore-output", "long-output"]
 import pandas as pd
 
 pd.set_option("display.max_colwidth", 60)

@@ -27,7 +27,7 @@
 #
 # | runtime | CPU (2 cores) | GPU |
 # |---|---|---|
-# | this notebook | 15 s with notebook 09's results; about 3.5 min without them (measured with one thread on a 2-core CPU shared with other jobs) | about 15 s with notebook 09's results (nbval on an H200) |
+# | this notebook | 11 s (the committed run, 2-core CPU, 2026-12-02) | 14 s (nbval on an NVIDIA H200, 2026-11-28) |
 #
 # Every number in this notebook is measured when you run it (or read from notebook 09's run). Nothing is typed in.
 

