@@ -12,6 +12,8 @@ os.environ.setdefault("GPTQMODEL_DISABLE_PACK_EXT", "1")
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
+from quantlab import shapes  # noqa: E402
+
 
 @pytest.fixture(scope="session")
 def default_model():
@@ -39,3 +41,25 @@ def layer_inputs(default_model):
         return layer, x_calibration, x_held_out
 
     return inputs
+
+
+TINY_SHAPE = shapes.Shape("tiny-llama3", "test/tiny", "llama", dict(
+    hidden_size=256, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2, head_dim=64,
+    intermediate_size=512, vocab_size=49152, tie_word_embeddings=False, max_position_embeddings=2048,
+    rms_norm_eps=1e-5, rope_parameters={"rope_type": "llama3", "rope_theta": 500000.0, "factor": 8.0,
+                                        "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+                                        "original_max_position_embeddings": 1024},
+    bos_token_id=1, eos_token_id=2))
+
+
+@pytest.fixture
+def tiny(monkeypatch, tmp_path):
+    """A two-layer shape with Llama 3's RoPE scaling, registered for the test, its files in a fresh cache folder
+    (the default model's checkpoint, which every shape's tokenizer comes from, is linked into it)."""
+    from quantlab import models
+
+    default = models.resolve()
+    monkeypatch.setitem(shapes.SHAPES, TINY_SHAPE.name, TINY_SHAPE)
+    monkeypatch.setattr(shapes.models, "cache_dir", lambda: tmp_path)
+    monkeypatch.setattr(shapes.models, "resolve", lambda *args, **kwargs: default)
+    return TINY_SHAPE.name

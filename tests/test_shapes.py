@@ -6,27 +6,6 @@ import torch
 from quantlab import shapes
 from quantlab.errors import QuantlabError
 
-TINY = shapes.Shape("tiny-llama3", "test/tiny", "llama", dict(
-    hidden_size=256, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2, head_dim=64,
-    intermediate_size=512, vocab_size=49152, tie_word_embeddings=False, max_position_embeddings=2048,
-    rms_norm_eps=1e-5, rope_parameters={"rope_type": "llama3", "rope_theta": 500000.0, "factor": 8.0,
-                                        "low_freq_factor": 1.0, "high_freq_factor": 4.0,
-                                        "original_max_position_embeddings": 1024},
-    bos_token_id=1, eos_token_id=2))
-
-
-@pytest.fixture
-def tiny(monkeypatch, tmp_path):
-    """A two-layer shape with Llama 3's RoPE scaling, registered for the test, its files in a fresh cache folder
-    (the default model's checkpoint, which every shape's tokenizer comes from, is linked into it)."""
-    from quantlab import models
-
-    default = models.resolve()
-    monkeypatch.setitem(shapes.SHAPES, TINY.name, TINY)
-    monkeypatch.setattr(shapes.models, "cache_dir", lambda: tmp_path)
-    monkeypatch.setattr(shapes.models, "resolve", lambda *args, **kwargs: default)
-    return TINY.name
-
 
 @pytest.mark.parametrize(("name", "published_billions"), [
     ("qwen2.5-0.5b", 0.49), ("llama-3.2-1b", 1.24), ("llama-3.1-8b", 8.03)])

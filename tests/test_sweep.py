@@ -8,7 +8,6 @@ import pytest
 
 from quantlab import cli, shapes, sweep
 from quantlab.errors import QuantlabError
-from tests.test_shapes import tiny  # noqa: F401  (fixture)
 
 
 def test_fit_recovers_overhead_and_bandwidth_from_synthetic_points():
