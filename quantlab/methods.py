@@ -442,7 +442,7 @@ def rtn_config(s: Settings):
     """
     from gptqmodel import RTNConfig
 
-    return RTNConfig(bits=4, group_size=s.group_size, pack_impl="original", format="gptq_v2")
+    return RTNConfig(bits=4, group_size=s.group_size, pack_impl="original", format="gptq_v2", offload_to_disk=False)
 
 
 GGUF_NOTE = "transformers dequantizes GGUF on load: memory is float, the file is the quantized size"
