@@ -32,7 +32,7 @@
 #
 # | runtime | CPU (2 cores) | GPU |
 # |---|---|---|
-# | this notebook | 3.2 min (the committed run, 2-core CPU, 2026-12-02) | not recorded yet |
+# | this notebook | 2.2 min (the committed run, 2-core CPU, 2026-12-02) | not recorded yet |
 #
 # Every number in this notebook is computed or measured when you run the cell. Nothing is typed in.
 
@@ -194,14 +194,15 @@ plt.show()
 #
 # Beyond the largest finite value the two formats differ, and torch follows each format's convention:
 # E5M2 rounds into infinity, like IEEE (anything from halfway to the next binade up, 61440, is `inf`);
-# E4M3fn has no infinity and torch's cast **saturates**: everything larger, `inf` included, becomes 448.
-# Quantization code (torchao, vLLM) clamps to ±448 before casting anyway, so that an outlier saturates
-# instead of becoming NaN on implementations that do not.
+# E4M3fn has no infinity, and torch's plain cast of a larger value depends on torch's version: torch 2.13
+# saturates (everything larger, `inf` included, becomes 448); torch 2.11, Colab's, writes NaN from 480 up
+# (measured on this series' CPU and on an H200, CPU and GPU alike). Quantization code (torchao, vLLM) clamps to
+# ±448 before casting, so that an outlier saturates on every version; our `encode` saturates, as they do.
 
 # %% tags=["from-scratch"]
 def encode(x: torch.Tensor, fmt: FP8Format) -> torch.Tensor:
-    """``x`` cast to ``fmt`` as torch does it, from scratch: the uint8 patterns. Round to nearest, ties to the
-    even pattern; beyond the largest value, saturate (E4M3fn) or round into infinity (E5M2); NaN stays NaN."""
+    """``x`` cast to ``fmt`` from scratch: the uint8 patterns. Round to nearest, ties to the even pattern; beyond
+    the largest value, saturate (E4M3fn, as a clamp before torch's cast gives) or round into infinity (E5M2)."""
     # the 128 non-negative patterns in value order; 0x7F read as a number (480 / 122880) bounds the search
     grid = torch.tensor([decode(c, fmt, specials=False) for c in range(0x80)], dtype=torch.float64)
     magnitude = x.double().abs()
@@ -225,7 +226,7 @@ def decode_tensor(codes: torch.Tensor, fmt: FP8Format) -> torch.Tensor:
 # %% [markdown]
 # The check: on every value FP8 can hold, on every midpoint between two neighbours (each one a tie), on values
 # beyond the largest and on random values at three scales, our patterns must equal torch's cast bit for bit
-# (`x.to(torch.float8_e4m3fn).view(torch.uint8)`).
+# (`x.clamp(-448, 448).to(torch.float8_e4m3fn).view(torch.uint8)` for E4M3fn, a plain cast for E5M2).
 
 # %%
 # NBVAL_CHECK_OUTPUT
@@ -242,13 +243,23 @@ def cast_test_values(fmt: FP8Format, seed: int = 0) -> torch.Tensor:
     return torch.cat([x, -x])
 
 
+def torch_cast(x: torch.Tensor, fmt: FP8Format) -> torch.Tensor:
+    """torch's patterns for ``x``; for E4M3fn clamped to ±448 first, as quantization code casts."""
+    largest = torch.finfo(fmt.torch_dtype).max
+    return (x.clamp(-largest, largest) if fmt.saturates else x).to(fmt.torch_dtype).view(torch.uint8)
+
+
 for fmt in (E4M3, E5M2):
     x = cast_test_values(fmt)
-    ours, theirs = encode(x, fmt), x.to(fmt.torch_dtype).view(torch.uint8)
+    ours, theirs = encode(x, fmt), torch_cast(x, fmt)
     largest = torch.finfo(fmt.torch_dtype).max
     overflow = encode(torch.tensor([largest * 1.2, float("inf")]), fmt)
     print(f"{fmt.name:<7} {len(x)} values: bit for bit equal to torch's cast: {torch.equal(ours, theirs)}; "
           f"{largest * 1.2:g} and inf become {decode_tensor(overflow, fmt).tolist()}")
+
+# %% tags=["nbval-ignore-output"]
+# torch's own cast beyond 448, without the clamp: it differs between torch versions (448 or NaN)
+print(f"torch {torch.__version__}: 460, 480, 1e4 ->", torch.tensor([460.0, 480.0, 1e4]).to(torch.float8_e4m3fn).float().tolist())
 
 # %% [markdown]
 # ### Scaling: per tensor, per channel, per 128 × 128 block

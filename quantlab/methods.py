@@ -439,6 +439,8 @@ def rtn_config(s: Settings):
     - ``format="gptq_v2"``, what optimum writes for GPTQ: for the older "gptq" format gptqmodel prefers its
       Machete kernel on a Hopper GPU, which then refuses SmolLM2's 192-wide k/v projections at load time; in
       "gptq_v2" it takes Marlin, as for GPTQ. The two formats give identical logits (checked on a CPU).
+    - ``offload_to_disk=False``: its default offloads finished layers to a ``gptqmodel_*`` temporary folder that
+      lives as long as the config, so it outlived `quantlab compare`'s run (tests/test_compare.py).
     """
     from gptqmodel import RTNConfig
 
