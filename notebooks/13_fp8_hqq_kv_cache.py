@@ -217,6 +217,12 @@ def encode(x: torch.Tensor, fmt: FP8Format) -> torch.Tensor:
     return (code | x.signbit().long() << 7).to(torch.uint8)
 
 
+def torch_cast(x: torch.Tensor, fmt: FP8Format) -> torch.Tensor:
+    """torch's patterns for ``x``; for E4M3fn clamped to ±448 first, as quantization code casts."""
+    largest = torch.finfo(fmt.torch_dtype).max
+    return (x.clamp(-largest, largest) if fmt.saturates else x).to(fmt.torch_dtype).view(torch.uint8)
+
+
 def decode_tensor(codes: torch.Tensor, fmt: FP8Format) -> torch.Tensor:
     """float32 values of a tensor of uint8 patterns (a lookup in the table of all 256)."""
     table = torch.tensor([decode(c, fmt) for c in range(256)], dtype=torch.float32)
@@ -241,12 +247,6 @@ def cast_test_values(fmt: FP8Format, seed: int = 0) -> torch.Tensor:
     random = torch.cat([torch.randn(20000, generator=generator) * scale for scale in (1e-3, 1.0, largest)])
     x = torch.cat([values, ties, beyond, random])
     return torch.cat([x, -x])
-
-
-def torch_cast(x: torch.Tensor, fmt: FP8Format) -> torch.Tensor:
-    """torch's patterns for ``x``; for E4M3fn clamped to ±448 first, as quantization code casts."""
-    largest = torch.finfo(fmt.torch_dtype).max
-    return (x.clamp(-largest, largest) if fmt.saturates else x).to(fmt.torch_dtype).view(torch.uint8)
 
 
 for fmt in (E4M3, E5M2):

@@ -8,13 +8,6 @@ NB = load_cells("notebooks/13_fp8_hqq_kv_cache.py", "from-scratch")
 FORMATS = [NB.E4M3, NB.E5M2]
 
 
-def torch_bits(x: torch.Tensor, fmt) -> torch.Tensor:
-    """torch's patterns; E4M3fn clamped to its largest value first (torch 2.11's cast writes NaN from 480 up,
-    torch 2.13's saturates: notebooks/13)."""
-    largest = torch.finfo(fmt.torch_dtype).max
-    return (x.clamp(-largest, largest) if fmt.saturates else x).to(fmt.torch_dtype).view(torch.uint8)
-
-
 @pytest.mark.parametrize("fmt", FORMATS, ids=lambda f: f.name)
 def test_every_bit_pattern_decodes_and_re_encodes_like_torch(fmt):
     codes = torch.arange(256, dtype=torch.uint8)
@@ -24,7 +17,7 @@ def test_every_bit_pattern_decodes_and_re_encodes_like_torch(fmt):
     finite = ours.isfinite()
     assert torch.equal(ours[finite], theirs[finite]) and torch.equal(ours[~finite].isinf(), theirs[~finite].isinf())
     values = ours[~ours.isnan()]  # every finite value and, for E5M2, the infinities
-    assert torch.equal(NB.encode(values, fmt), torch_bits(values, fmt))
+    assert torch.equal(NB.encode(values, fmt), NB.torch_cast(values, fmt))
 
 
 @pytest.mark.parametrize("fmt", FORMATS, ids=lambda f: f.name)
@@ -34,7 +27,7 @@ def test_ties_round_to_the_even_pattern_like_torch(fmt):
     ties = ((grid[1:] + grid[:-1]) / 2).float()
     ties = torch.cat([ties, -ties])
     ours = NB.encode(ties, fmt)
-    assert torch.equal(ours, torch_bits(ties, fmt))
+    assert torch.equal(ours, NB.torch_cast(ties, fmt))
     assert (ours & 1 == 0).all()  # between two neighbours a tie goes to the even one
 
 
@@ -45,7 +38,7 @@ def test_random_tensors_and_values_beyond_the_largest_match_torch(fmt):
     scales = (1e-4, 1e-2, 1.0, largest, 10 * largest)
     special = torch.tensor([largest * 1.0357, largest * 1.0714, 1e30, float("inf"), -float("inf"), float("nan")])
     x = torch.cat([torch.randn(50_000, generator=generator) * scale for scale in scales] + [special])
-    assert torch.equal(NB.encode(x, fmt), torch_bits(x, fmt))
+    assert torch.equal(NB.encode(x, fmt), NB.torch_cast(x, fmt))
     beyond = NB.decode_tensor(NB.encode(torch.tensor([10 * largest]), fmt), fmt).item()
     assert beyond == (largest if fmt.saturates else float("inf"))  # E4M3fn saturates, E5M2 overflows
 
