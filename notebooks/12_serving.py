@@ -29,7 +29,7 @@
 #
 # | runtime | CPU (2 cores) | GPU |
 # |---|---|---|
-# | this notebook | 2.1 min (the committed run, 2-core CPU, 2026-12-02) | not recorded yet |
+# | this notebook | 43 s (the committed run, 2-core CPU, 2026-12-03) | not recorded yet |
 #
 # Every number in this notebook is measured when you run it. Nothing is typed in.
 
@@ -103,7 +103,10 @@ print("model:", src)
 # users talk to it at once. Two numbers then matter besides tokens/s:
 #
 # - **TTFT**, time to first token: how long a user waits before the answer starts (queueing + reading the prompt);
-# - **ITL**, inter-token latency: the gap between two streamed tokens, the speed the user sees while it streams.
+# - **TPOT**, time per output token after the first: the speed the user sees while the answer streams;
+# - **ITL**, inter-token latency: the gap between two streamed chunks. llama.cpp streams one token per chunk, so
+#   its ITL is its TPOT; vLLM streams a chunk only when the text grows, so a token that completes no character
+#   (part of a multi-byte letter) makes a gap of two tokens.
 #
 # An engine that **batches** (vLLM: continuous batching) decodes all running requests together, so output
 # tokens/s grows with concurrency while ITL grows a little. An engine that serves one request at a time keeps
@@ -163,7 +166,8 @@ print("server stopped:", server.process.poll() is not None, "| port free again:"
 # `quantlab.serve.load_test` sends fixed prompts (speeches from the evaluation plays of `quantlab.data`) as
 # streaming completions through `openai.AsyncOpenAI`, `CPU_REQUESTS` per level, at most `CONCURRENCY` in flight,
 # after one uncounted warm-up request. Per request it records the time of every streamed token: TTFT is the first
-# stamp, the ITLs are the gaps. Per level it reports output tokens / wall time, TTFT and ITL at p50 and p99.
+# stamp, the ITLs are the gaps, TPOT is (last stamp - first) / (tokens - 1), the token count being the server's own
+# where it sends one (vLLM). Per level it reports output tokens / wall time, and TTFT, TPOT and ITL at p50 and p99.
 # `quantlab.serve.sweep` serves each format in turn (all in this one run, so F16 is measured next to the others on
 # the same machine, at the same moment) and writes each server's log and every request's timings to `RESULTS`.
 #
@@ -255,16 +259,14 @@ if reason := vllm_skip_reason():
 else:
     gpu_settings = settings_for("cuda", False, AutoConfig.from_pretrained(src.path))  # what compare uses on a GPU
     checkpoints = serve.vllm_checkpoints(src, gpu_settings)
-    commands = {}
-    for label, (folder, quantization) in checkpoints.items():
+    for label, (folder, _) in list(checkpoints.items()):
         if not (folder / "config.json").is_file():
-            print(f"{label}: not cached yet; make it with `quantlab compare --methods "
-                  f"{'gptq-int4' if 'GPTQ' in label else 'awq-int4'}` on this GPU")
-            continue
-        commands[label] = lambda port, f=folder, q=quantization: serve.vllm_command(f, port, quantization=q)
+            print(f"{label}: not cached yet; make it with `python -m quantlab.serve --make-checkpoints` on this GPU")
+            del checkpoints[label]
     start = time.perf_counter()
-    gpu = pd.DataFrame(serve.sweep(commands, RESULTS / "vllm", concurrencies=GPU_CONCURRENCY,
-                                   max_tokens=GPU_MAX_TOKENS, start_timeout=300, keep_going=True))
+    gpu = pd.DataFrame(serve.sweep(serve.vllm_commands(checkpoints), RESULTS / "vllm", concurrencies=GPU_CONCURRENCY,
+                                   max_tokens=GPU_MAX_TOKENS, start_timeout=300, keep_going=True,
+                                   options=serve.VLLM_REQUEST_OPTIONS))
     print(f"vLLM sweep: {time.perf_counter() - start:.0f} s; logs in {RESULTS / 'vllm'}")
     print(gpu.drop(columns=["requests"], errors="ignore").to_string(index=False, float_format=lambda x: f"{x:.1f}"))
 
@@ -276,10 +278,27 @@ else:
     print("no vLLM measurements on this machine")
 
 # %% [markdown]
-# With continuous batching, output tokens/s should climb steeply with concurrency while TTFT stays low, the
-# opposite of the one-at-a-time server above. Whether 4-bit beats fp16 at concurrency 1 depends on the model's
-# size: SmolLM2-135M's weights are a quarter of a millisecond of memory traffic on an H200, so launch overhead
-# dominates; the advantage shows for billion-parameter models (the issue on where quantization pays).
+# With continuous batching, output tokens/s climbs steeply with concurrency while TTFT stays low, the opposite of
+# the one-at-a-time server above. Whether 4-bit beats fp16 at concurrency 1 depends on the model's size. Measured
+# on the H200 runner with vLLM 0.25.0 (2026-12-03, `docs/gpu-runs.md`), TPOT p50 at concurrency 1:
+#
+# | model | fp16 | GPTQ int4 | AWQ int4 | FP8 (on load) |
+# |---|---|---|---|---|
+# | SmolLM2-135M (real weights) | 2.40 ms | (not served: see below) | 2.32 ms | 2.31 ms |
+# | Llama-3.1-8B shape (random weights: speed only) | 4.79 ms | 3.66 ms (1.31×) | 4.00 ms (1.20×) | 3.32 ms (1.44×) |
+#
+# SmolLM2-135M's weights are 0.27 GB, about 0.06 ms of memory traffic at the H200's 4.8 TB/s: its 2.3-2.4 ms a
+# token in every format is the engine's own time per step on that machine (scheduling, the engine and API server
+# processes, streaming), so no format can make it faster. The 8B shape's fp16 weights are 16 GB, 3.3 ms at full
+# bandwidth: there the formats that read fewer bytes win, but by 1.2-1.4×, not the 4× of their bytes: the engine's
+# fixed time per step, the 135M model's whole 2.3 ms, stays. (Not profiled yet: which part of the 4-bit's 3.7 ms
+# is kernel time.) The GPTQ checkpoint of SmolLM2 did not start in that run
+# (transformers saves GPTQ folders without a tokenizer; `serve.vllm_commands` now passes the default model's). On
+# the 8B shape vLLM picked its Machete kernel (Hopper) for GPTQ and AWQ, CUTLASS W8A8 for FP8; on SmolLM2, whose
+# 576-wide layers Marlin's 128-wide tiles do not divide, Machete and Marlin by layer. At concurrency 64 the load
+# test's one Python client read chunks back to back (ITL p50 0.1-0.3 ms): it, not the engine, set the pace there,
+# so those rows do not rank the formats. `python -m quantlab.serve --engine vllm --shape llama-3.1-8b` serves the
+# 8B shape's four formats.
 #
 # ## 6. What each engine accepts
 # Facts from the engines' documentation and source (vLLM 0.25.0's `QUANTIZATION_METHODS`, SGLang's quantization

@@ -342,12 +342,12 @@ def markdown_notes(rows: list[dict]) -> list[str]:
 
 def write_outputs(rows: list[dict], meta: dict, out: Path) -> None:
     out.mkdir(parents=True, exist_ok=True)
-    _write_atomic(out / "results.json", json.dumps({"meta": meta, "results": rows}, indent=2, default=str))
+    write_atomic(out / "results.json", json.dumps({"meta": meta, "results": rows}, indent=2, default=str))
     text = [f"# quantlab compare: {meta['model']}", "",
             f"{meta['date']} on {meta['hardware'].get('gpu', 'CPU')} ({meta['device']}); eval text "
             f"{meta['eval_text']}, protocol {meta['protocol']}.", "", _sentence(meta["calibration"]), "",
             markdown_table(rows), "", *markdown_notes(rows)]
-    _write_atomic(out / "results.md", "\n".join(text) + "\n")
+    write_atomic(out / "results.md", "\n".join(text) + "\n")
     for draw, name in ((plot.ppl_vs_bits, "ppl_vs_bits.png"), (plot.memory_bars, "memory.png"),
                        (plot.decode_speed_bars, "decode_speed.png")):
         plt.close(draw(rows, out / name))
@@ -357,7 +357,7 @@ def _sentence(text: str) -> str:
     return text[:1].upper() + text[1:] + "."
 
 
-def _write_atomic(path: Path, text: str) -> None:
+def write_atomic(path: Path, text: str) -> None:
     tmp = path.with_suffix(path.suffix + ".tmp")
     tmp.write_text(text)
     tmp.replace(path)

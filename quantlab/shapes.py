@@ -147,19 +147,29 @@ def checkpoint(name: str) -> Path:
         return target
 
     def save(folder: Path) -> None:
-        from transformers import AutoTokenizer
-
         model = build_random(name, models.default_device(), torch.float16)  # seconds on a GPU
-        tokenizer = AutoTokenizer.from_pretrained(models.resolve().path)
-        model.config.bos_token_id, model.config.eos_token_id = tokenizer.bos_token_id, tokenizer.eos_token_id
-        model.generation_config.bos_token_id = tokenizer.bos_token_id
-        model.generation_config.eos_token_id = tokenizer.eos_token_id
         model.save_pretrained(folder)
-        tokenizer.save_pretrained(folder)
-        (folder / "quantlab_shape.json").write_text(json.dumps({"shape": name, "note": RANDOM_LABEL}))
+        save_beside(model, folder, name)
 
     write_once(target, save)
     return target
+
+
+def save_beside(model, folder: Path, name: str) -> None:
+    """What a checkpoint of shape ``name`` holds besides its weights: the config (with the default model's
+    tokenizer's special tokens), the tokenizer, which servers such as vLLM load from the folder, and for a
+    random shape ``quantlab_shape.json`` with :data:`RANDOM_LABEL`."""
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(models.resolve().path)
+    if get(name).random:
+        model.config.bos_token_id, model.config.eos_token_id = tokenizer.bos_token_id, tokenizer.eos_token_id
+        model.generation_config.bos_token_id = tokenizer.bos_token_id
+        model.generation_config.eos_token_id = tokenizer.eos_token_id
+        (folder / "quantlab_shape.json").write_text(json.dumps({"shape": name, "note": RANDOM_LABEL}))
+    model.config.save_pretrained(folder)
+    model.generation_config.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
 
 
 def write_once(target: Path, write) -> None:

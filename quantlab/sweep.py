@@ -41,7 +41,7 @@ ENGINES = {
     "eager": "transformers generate, dynamic KV cache, eager PyTorch",
     "compiled": "transformers generate with cache_implementation='static', which transformers compiles on CUDA",
     "llama.cpp": "llama-cpp-python (llama.cpp) on the CPU, GGUF files",
-    "vllm": "vLLM offline generate",
+    "vllm": "vLLM, measured by quantlab.serve behind its OpenAI-compatible server (notebooks/12)",
 }
 TRANSFORMERS_ENGINES = ("eager", "compiled")
 
@@ -83,8 +83,8 @@ GPU_ENGINES = ("eager", "compiled", "vllm")
 # 15 minutes. Named with --sizes they are measured anyway.
 CPU_TRANSFORMERS_SIZES = ("smollm2-135m",)
 
-VLLM_REASON = ("vLLM not installed: its wheels pin torch 2.11 (vLLM 0.22-0.26) and bring about 750 MB of wheels "
-               "(flashinfer-cubin alone 458 MB) that the runner's bundle does not carry yet")
+VLLM_REASON = ("vLLM is measured through its server, under load, not by this sweep: `python -m quantlab.serve "
+               "--engine vllm --series --shape llama-3.1-8b` (notebooks/12, docs/gpu-runs.md)")
 
 
 @dataclass(frozen=True)
@@ -161,7 +161,7 @@ def skip_reason(p: Plan, size: str, method: str, engine: str, batch: int) -> str
     """Why this point is not measured here, or None."""
     m = METHODS[method]
     if engine == "vllm":
-        return None if importlib.util.find_spec("vllm") else VLLM_REASON
+        return VLLM_REASON
     missing = [r for r in m.requires if importlib.util.find_spec(r) is None]
     if missing:
         return f"needs {', '.join(missing)} (pip install -r requirements.txt)"
@@ -370,22 +370,36 @@ def gptq_config(size: str, device: str):
                       format="gptq_v2", backend="marlin" if device.startswith("cuda") else "torch")
 
 
-GPTQ_ZEROS = np.array([0x88888888], dtype=np.uint32).view(np.int32)[0]  # zero point 8 in all 8 nibbles (gptq_v2)
+ZEROS_8 = np.array([0x88888888], dtype=np.uint32).view(np.int32)[0]  # zero point 8 in all 8 nibbles of an int32
+RANDOM_SCALE = 0.02 / 4.6  # int4 codes 0-15 around the zero point 8, times this: weights of about N(0, 0.02)
+
+
+def _gptq_tensors(rows: int, cols: int, group: int, generator) -> dict[str, torch.Tensor]:
+    """One Linear in GPTQ's layout (gptq_v2 zero points): eight codes per int32 along the input dimension."""
+    device = generator.device
+    return {"qweight": torch.randint(-2**31, 2**31 - 1, (rows // 8, cols), dtype=torch.int32, device=device,
+                                     generator=generator),
+            "qzeros": torch.full((rows // group, cols // 8), int(ZEROS_8), dtype=torch.int32),
+            "scales": torch.full((rows // group, cols), RANDOM_SCALE, dtype=torch.float16),
+            "g_idx": torch.arange(rows, dtype=torch.int32) // group}
+
+
+def _awq_tensors(rows: int, cols: int, group: int, generator) -> dict[str, torch.Tensor]:
+    """One Linear in AWQ's GEMM layout: eight codes per int32 along the output dimension, a zero point per group."""
+    return {"qweight": torch.randint(-2**31, 2**31 - 1, (rows, cols // 8), dtype=torch.int32,
+                                     device=generator.device, generator=generator),
+            "qzeros": torch.full((rows // group, cols // 8), int(ZEROS_8), dtype=torch.int32),
+            "scales": torch.full((rows // group, cols), RANDOM_SCALE, dtype=torch.float16)}
 
 
 @torch.no_grad()
-def random_gptq_checkpoint(size: str) -> Path:
-    """A GPTQ int4 checkpoint of shape ``size`` with random packed weights, written once in the cache.
-
-    Calibrating GPTQ on an 8B model takes longer than a whole GPU run; speed needs only the layout. So each
-    quantized Linear gets random ``qweight`` (eight 4-bit codes per int32), symmetric zero points (8, as
-    gptq_v2 stores them), fp16 scales giving weights of about N(0, 0.02), and ``g_idx`` in group order: what
-    gptqmodel's ``RTNConfig(format="gptq_v2")`` writes. Everything else comes from :func:`shapes.build_random`.
-    Speed and memory only: random weights have no quality.
-    """
+def _random_int4_checkpoint(size: str, kind: str, linear_tensors, quantization_config) -> Path:
+    """Write once in the cache: every quantized Linear of shape ``size`` as ``linear_tensors(in, out, group,
+    generator)``, everything else from :func:`shapes.build_random` (or the default model's real weights), and
+    ``quantization_config(group)`` in config.json."""
     from safetensors.torch import save_file
 
-    target = models.cache_dir() / "shapes" / f"{size}-gptq-int4-random"
+    target = models.cache_dir() / "shapes" / f"{size}-{kind}-random"
     if (target / "config.json").is_file():
         return target
     device = models.default_device()
@@ -400,20 +414,36 @@ def random_gptq_checkpoint(size: str) -> Path:
             tensors.pop("lm_head.weight", None)  # the embedding is the head
         generator = torch.Generator(device=device).manual_seed(1)
         for name, module in quantized.items():
-            rows, cols = module.in_features, module.out_features
-            tensors[f"{name}.qweight"] = torch.randint(-2**31, 2**31 - 1, (rows // 8, cols), dtype=torch.int32,
-                                                       device=device, generator=generator)
-            tensors[f"{name}.qzeros"] = torch.full((rows // group, cols // 8), int(GPTQ_ZEROS), dtype=torch.int32)
-            tensors[f"{name}.scales"] = torch.full((rows // group, cols), 0.02 / 4.6, dtype=torch.float16)
-            tensors[f"{name}.g_idx"] = torch.arange(rows, dtype=torch.int32) // group
+            for suffix, tensor in linear_tensors(module.in_features, module.out_features, group, generator).items():
+                tensors[f"{name}.{suffix}"] = tensor
         tensors = {n: t.contiguous().cpu() for n, t in tensors.items()}
         save_file(tensors, folder / "model.safetensors", metadata={"format": "pt"})
-        config = model.config
-        config.quantization_config = gptq_config(size, "cuda").to_dict()
-        config.save_pretrained(folder)
+        model.config.quantization_config = quantization_config(group)
+        shapes.save_beside(model, folder, size)
 
     shapes.write_once(target, write)
     return target
+
+
+def random_gptq_checkpoint(size: str) -> Path:
+    """A GPTQ int4 checkpoint of shape ``size`` with random packed weights, written once in the cache.
+
+    Calibrating GPTQ on an 8B model takes longer than a whole GPU run; speed needs only the layout. So each
+    quantized Linear gets random ``qweight`` (eight 4-bit codes per int32), symmetric zero points (8, as
+    gptq_v2 stores them), fp16 scales giving weights of about N(0, 0.02), and ``g_idx`` in group order: what
+    gptqmodel's ``RTNConfig(format="gptq_v2")`` writes. transformers (Marlin, gptqmodel) and vLLM load it.
+    Speed and memory only: random weights have no quality.
+    """
+    return _random_int4_checkpoint(size, "gptq-int4", _gptq_tensors,
+                                   lambda group: gptq_config(size, "cuda").to_dict())
+
+
+def random_awq_checkpoint(size: str) -> Path:
+    """An AWQ int4 checkpoint of shape ``size`` with random packed weights (AWQ's GEMM layout, zero point 8 in
+    every group), written once in the cache, for vLLM (which converts it for its AWQ Marlin kernel); transformers
+    would need autoawq to load it. Speed and memory only: random weights have no quality."""
+    return _random_int4_checkpoint(size, "awq-int4", _awq_tensors, lambda group: {
+        "quant_method": "awq", "bits": 4, "group_size": group, "zero_point": True, "version": "gemm"})
 
 
 # --- one point ------------------------------------------------------------------------------------------------
@@ -654,7 +684,7 @@ def write_outputs(rows: list[dict], meta: dict, out: Path) -> None:
     out.mkdir(parents=True, exist_ok=True)
     payload = {"meta": meta, "results": rows, "fits": {"|".join(map(str, k)): asdict(v) for k, v in fits(rows).items()},
                "speedups": speedups(rows)}
-    compare._write_atomic(out / "results.json", json.dumps(payload, indent=2, default=str))
+    compare.write_atomic(out / "results.json", json.dumps(payload, indent=2, default=str))
     notes = [f"- **{r['size']} {r['method']} {r['engine']} batch {r['batch']}**: {r['note']}"
              for r in rows if r.get("note")]
     text = [f"# quantlab sweep on {meta['hardware'].get('gpu', 'CPU')} ({meta['device']})", "",
@@ -665,7 +695,7 @@ def write_outputs(rows: list[dict], meta: dict, out: Path) -> None:
             "step reads at the copy bandwidth.", "", markdown_table(rows), "", "Decode speed against 16-bit "
             "(same size, engine, batch):", "", speedup_table(rows), "",
             "Fit `ms = overhead + bytes / bandwidth` over model sizes:", "", fits_table(rows), "", *notes]
-    compare._write_atomic(out / "results.md", "\n".join(text) + "\n")
+    compare.write_atomic(out / "results.md", "\n".join(text) + "\n")
     figures = {"speed_vs_size.png": plot.sweep_speed(rows, bandwidth_gb_s=meta["copy_bandwidth_gb_s"]),
                "memory_vs_size.png": plot.sweep_memory(rows)}
     for name, fig in figures.items():

@@ -115,9 +115,15 @@ def test_missing_vllm_names_the_pip_command(monkeypatch, tmp_path):
 def test_vllm_command_serves_on_loopback_with_the_quantization_asked(monkeypatch, tmp_path):
     monkeypatch.setattr(serve, "missing_modules", lambda modules: [])
     (tmp_path / "config.json").write_text("{}")
-    command = serve.vllm_command(tmp_path, 8123, quantization="fp8")
+    with pytest.raises(QuantlabError, match="holds no tokenizer.*pass tokenizer="):
+        serve.vllm_command(tmp_path, 8123)  # a GPTQ folder as transformers saves it
+    assert serve.tokenizer_for(tmp_path) == serve.Path(models.resolve().path)
+    command = serve.vllm_command(tmp_path, 8123, quantization="fp8", tokenizer=serve.tokenizer_for(tmp_path))
     assert command[command.index("--host") + 1] == "127.0.0.1"
     assert command[command.index("--quantization") + 1] == "fp8"
+    assert command[command.index("--tokenizer") + 1] == models.resolve().path
+    (tmp_path / "tokenizer.json").write_text("{}")
+    assert "--tokenizer" not in serve.vllm_command(tmp_path, 8123) and serve.tokenizer_for(tmp_path) is None
     with pytest.raises(QuantlabError, match="no config.json"):
         serve.vllm_command(tmp_path / "missing", 8123)
 
@@ -179,6 +185,7 @@ def test_output_to_twice_after_a_handler_bound_its_flush_inside(tmp_path):
 
 def test_cli_serves_each_checkpoint_with_its_quantization(monkeypatch, tmp_path):
     (tmp_path / "config.json").write_text("{}")
+    (tmp_path / "tokenizer.json").write_text("{}")
     monkeypatch.setattr(serve, "missing_modules", lambda modules: [])
     seen = {}
 
@@ -193,3 +200,91 @@ def test_cli_serves_each_checkpoint_with_its_quantization(monkeypatch, tmp_path)
     assert seen["FP8"][seen["FP8"].index("--quantization") + 1] == "fp8"
     with pytest.raises(SystemExit):
         serve.main(["--engine", "vllm"])  # neither --checkpoint nor --series
+
+
+def test_sweep_keeps_the_rows_measured_before_a_server_that_fails(monkeypatch, tmp_path):
+    def fake_load_test(server, *args, **kwargs):
+        return [serve.LevelResult(1, [serve.RequestResult(0.01, [0.005], 2, 0.02)], 0.02)]
+
+    monkeypatch.setattr(serve, "load_test", fake_load_test)
+    commands = {"first (fp16)": stand_in, "second": lambda port: [sys.executable, "-c", "raise SystemExit(3)"]}
+    with pytest.raises(QuantlabError, match="exited at start"):
+        serve.sweep(commands, tmp_path, start_timeout=30)
+    saved = serve.json.loads((tmp_path / "results.json").read_text())
+    assert [row["format"] for row in saved["rows"]] == ["first (fp16)"]
+    assert saved["rows"][0]["output tok/s"] == 100
+    assert (tmp_path / "first_fp16.log").is_file()  # a label's spaces and brackets make no odd file name
+
+
+class FakeStream:
+    """What openai's AsyncOpenAI streams: chunks with choices[0].text, and a last one with usage only."""
+
+    def __init__(self, texts, usage):
+        from types import SimpleNamespace as NS
+        self.chunks = [NS(choices=[NS(text=t)], usage=None) for t in texts]
+        if usage is not None:
+            self.chunks.append(NS(choices=[], usage=NS(completion_tokens=usage)))
+
+    def __aiter__(self):
+        return self
+
+    async def __anext__(self):
+        if not self.chunks:
+            raise StopAsyncIteration
+        return self.chunks.pop(0)
+
+
+class FakeClient:
+    def __init__(self, texts, usage):
+        from types import SimpleNamespace as NS
+        self.asked = {}
+        self.stream = FakeStream(texts, usage)
+        self.completions = NS(create=self.create)
+
+    async def create(self, **kwargs):
+        self.asked = kwargs
+        return self.stream
+
+
+@pytest.mark.parametrize("usage, tokens", [(5, 5), (None, 3)])
+def test_tokens_are_the_servers_count_when_it_sends_one(usage, tokens):
+    """vLLM's last chunk counts tokens that streamed no text (a character's first byte); llama.cpp's server
+    sends no count, and every chunk with text is a token."""
+    client = FakeClient(["a", "", "b", "", "c"], usage)
+    result = serve.asyncio.run(serve._one_request(client, "m", "prompt", 5, serve.VLLM_REQUEST_OPTIONS))
+    assert result.output_tokens == tokens and len(result.itl) == 2
+    assert client.asked["extra_body"] == {"ignore_eos": True} and client.asked["stream"] is True
+
+
+def test_cli_serves_a_shapes_random_checkpoints_labelled_so(monkeypatch, tmp_path):
+    folders = {name: tmp_path / name for name in ("fp16", "gptq", "awq")}
+    for folder in folders.values():
+        folder.mkdir()
+        (folder / "config.json").write_text("{}")
+        (folder / "tokenizer.json").write_text("{}")
+    monkeypatch.setattr(serve.shapes, "checkpoint", lambda name: folders["fp16"])
+    from quantlab import sweep
+    monkeypatch.setattr(sweep, "random_gptq_checkpoint", lambda name: folders["gptq"])
+    monkeypatch.setattr(sweep, "random_awq_checkpoint", lambda name: folders["awq"])
+    monkeypatch.setattr(serve, "missing_modules", lambda modules: [])
+    seen = {}
+
+    def fake_sweep(commands, out, **kwargs):
+        seen.update({label: command(8123) for label, command in commands.items()}, options=kwargs["options"])
+        return [{"format": label} for label in commands]
+
+    monkeypatch.setattr(serve, "sweep", fake_sweep)
+    assert serve.main(["--engine", "vllm", "--shape", "llama-3.1-8b", "--out", str(tmp_path / "out")]) == 0
+    labels = [label for label in seen if label != "options"]
+    assert len(labels) == 4 and all("random weights" in label for label in labels)
+    fp8 = seen["llama-3.1-8b FP8 (vLLM, random weights)"]
+    assert fp8[fp8.index("--quantization") + 1] == "fp8" and str(folders["fp16"]) in fp8
+    assert seen["options"] == serve.VLLM_REQUEST_OPTIONS
+
+
+def test_tpot_is_per_token_where_chunks_carry_several():
+    """11 tokens in 3 chunks, the last 0.5 s after the first: 50 ms per token after the first, 250 ms per chunk."""
+    request = serve.RequestResult(ttft=0.1, itl=[0.25, 0.25], output_tokens=11, seconds=0.6)
+    row = serve.LevelResult(1, [request], seconds=0.6).summary()
+    assert row["TPOT p50 ms"] == pytest.approx(50) and row["ITL p50 ms"] == pytest.approx(250)
+    assert row["output tok/s"] == pytest.approx(11 / 0.6)

@@ -76,8 +76,7 @@ def test_skips_say_why():
     default = sweep.plan(device="cpu")
     assert "--sizes" in sweep.skip_reason(default, "llama-3.2-1b", "baseline", "eager", 1)
     assert sweep.skip_reason(default, "llama-3.2-1b", "gguf-q4_k_m", "llama.cpp", 1) is None
-    if sweep.importlib.util.find_spec("vllm") is None:
-        assert sweep.skip_reason(p, "llama-3.2-1b", "baseline", "vllm", 1).startswith("vLLM not installed")
+    assert "quantlab.serve --engine vllm" in sweep.skip_reason(p, "llama-3.2-1b", "baseline", "vllm", 1)
 
 
 def test_a_tiny_sweep_end_to_end(tiny, monkeypatch, tmp_path):  # noqa: F811
@@ -104,3 +103,22 @@ def test_a_tiny_sweep_end_to_end(tiny, monkeypatch, tmp_path):  # noqa: F811
     assert {s["method"] for s in saved["speedups"]} == {"gguf-q8_0"}
     assert shapes.RANDOM_LABEL in (out / "results.md").read_text()
     assert (out / "speed_vs_size.png").stat().st_size > 0 and (out / "memory_vs_size.png").stat().st_size > 0
+
+
+@pytest.mark.parametrize("kind", ["gptq", "awq"])
+def test_random_int4_checkpoints_have_their_formats_layout_and_a_tokenizer(tiny, kind):
+    """GPTQ packs eight codes per int32 along the input, AWQ along the output (what vLLM's loaders expect)."""
+    from safetensors import safe_open
+
+    folder = getattr(sweep, f"random_{kind}_checkpoint")(tiny)
+    quantization = json.loads((folder / "config.json").read_text())["quantization_config"]
+    assert quantization["quant_method"] == kind and quantization["bits"] == 4
+    group = quantization["group_size"]
+    with safe_open(folder / "model.safetensors", framework="pt") as f:
+        names = set(f.keys())
+        qweight, scales = (f.get_tensor(f"model.layers.0.mlp.down_proj.{n}") for n in ("qweight", "scales"))
+    assert "model.layers.0.mlp.down_proj.weight" not in names and "lm_head.weight" in names
+    assert tuple(qweight.shape) == ((512 // 8, 256) if kind == "gptq" else (512, 256 // 8))
+    assert tuple(scales.shape) == (512 // group, 256)
+    assert (folder / "tokenizer.json").is_file()
+    assert "random weights" in json.loads((folder / "quantlab_shape.json").read_text())["note"]

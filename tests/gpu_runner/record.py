@@ -5,12 +5,16 @@ Usage: python tests/gpu_runner/record.py OUT_DIR [OUT_DIR ...]   (one folder per
 
 import datetime
 import json
+import re
 import sys
 import xml.etree.ElementTree as ET
 from collections import defaultdict
 from pathlib import Path
 
+import numpy as np
+
 from quantlab.compare import markdown_notes, markdown_table
+from quantlab.serve import RequestResult
 
 RUNS = Path(__file__).resolve().parents[2] / "docs" / "gpu-runs.md"
 HEADER = """# Runs on the offline GPU runner
@@ -27,6 +31,31 @@ def notebook_times(junit: Path) -> dict[str, tuple[float, str]]:
         seconds[name] += float(case.get("time", 0))
         failed[name] |= case.find("failure") is not None or case.find("error") is not None
     return {n: (seconds[n], "FAIL" if failed[n] else "pass") for n in sorted(seconds)}
+
+
+def vllm_version(folder: Path) -> str:
+    """The version an engine log of ``folder`` names ("Initializing a V1 LLM engine (v0.25.0)"), or "?"."""
+    for log in sorted(folder.glob("*.log")):
+        if found := re.search(r"LLM engine \(v([\w.+]+)\)", log.read_text(errors="replace")):
+            return found.group(1)
+    return "?"
+
+
+def serve_table(data: dict) -> str:
+    """`quantlab.serve`'s rows, with TPOT (time per output token after the first) recomputed from each request's
+    timings, so that runs from before TPOT was a column show it too."""
+    tpot = {(d["format"], d["concurrency"]): [RequestResult(**r).tpot for r in d["requests"]]
+            for d in data["requests"]}
+    lines = ["| format | concurrency | output tok/s | TTFT p50 ms | TPOT p50 ms | TPOT p99 ms | ITL p50 ms | error |",
+             "|---|---|---|---|---|---|---|---|"]
+    for row in data["rows"]:
+        if "error" in row:
+            lines.append(f"| {row['format']} | | | | | | | {row['error']} |")
+            continue
+        t = 1e3 * np.array(tpot[row["format"], row["concurrency"]])
+        lines.append(f"| {row['format']} | {row['concurrency']} | {row['output tok/s']:.0f} | {row['TTFT p50 ms']:.1f} "
+                     f"| {np.percentile(t, 50):.2f} | {np.percentile(t, 99):.2f} | {row['ITL p50 ms']:.2f} | |")
+    return "\n".join(lines)
 
 
 def section(outs: list[Path]) -> str:
@@ -54,6 +83,9 @@ def section(outs: list[Path]) -> str:
     for results in sorted(p for o in outs for p in o.glob("sweep*/results.md")):
         body = results.read_text().split("\n", 1)[1].strip()  # below its own title
         lines += [f"Sweep ({results.parent.name}):", "", body, ""]
+    for results in [p for o in outs for p in sorted(o.glob("serve*/results.json"))]:
+        lines += [f"vLLM {vllm_version(results.parent)} serving ({results.parent.name}; random-weight rows: speed "
+                  "and memory only):", "", serve_table(json.loads(results.read_text())), ""]
     checks = [line for o in outs for f in sorted(o.glob("check-*.txt")) for line in f.read_text().splitlines()
               if line.strip() and not line.startswith(("\r", "Loading", "Converting", "Writing", "quantlab:"))]
     if checks:

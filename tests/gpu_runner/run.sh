@@ -11,8 +11,11 @@
 #   tests/gpu_runner/run.sh suite             unit, notebooks and compare in one call
 #   tests/gpu_runner/run.sh install-vllm-N    stage part N of bundle-vllm.sh's vLLM tar; the last one joins, checks
 #                                             and installs it, then checks that `vllm serve` imports
-#   tests/gpu_runner/run.sh serve [ARGS]      vLLM on the series' checkpoints (or --checkpoint LABEL=PATH[:QUANT]),
-#                                             load test at concurrency 1, 4, 16, 64 -> $OUT/serve (SERVE_LIMIT)
+#   tests/gpu_runner/run.sh make-checkpoints  in the background (it outlives the call): what `serve` serves, the
+#                                             8B shape's random checkpoints first -> /tmp/quantlab-prep.log
+#   tests/gpu_runner/run.sh serve [ARGS]      vLLM on the series' checkpoints (or --checkpoint LABEL=PATH[:QUANT],
+#                                             --shape NAME), load test at concurrency 1, 4, 16, 64 -> $OUT/serve
+#                                             (SERVE_LIMIT); waits for make-checkpoints to end
 # Every test step appends "NAME rc=.. seconds=.." to $OUT/steps.txt and writes its log and junit XML to $OUT.
 # The runner keeps what a call installed only if the next call comes within about 30 s, and one call may run
 # 10 minutes: split a long suite over several calls (README.md). Step limits: UNIT_LIMIT, NOTEBOOK_LIMIT,
@@ -24,6 +27,8 @@ out=${OUT:-/tmp/quantlab-out}
 mkdir -p "$stage" "$out"
 export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 MPLBACKEND=Agg PYTHONUNBUFFERED=1
 export QUANTLAB_CACHE=/tmp/quantlab-cache GPTQMODEL_OFFLINE=1
+# vLLM's sampler imports FlashInfer unless told not to; the bundle leaves FlashInfer out (vllm-requirements.txt)
+export VLLM_USE_FLASHINFER_SAMPLER=0
 # gptqmodel compiles its CUDA kernels (Marlin) on first use, about 3 minutes; keep them where a later
 # call on the same machine finds them (install-kernels seeds them from an earlier run).
 export GPTQMODEL_TORCH_EXTENSIONS_DIR=/tmp/quantlab-ext
@@ -78,9 +83,25 @@ install_vllm() {  # install-vllm-N: parts arrive one call each (bundle-vllm.sh);
     && "$python" -m vllm.entrypoints.cli.main serve --help > /dev/null && touch "$stage/installed-vllm"
 }
 
+prep_log=/tmp/quantlab-prep.log
+make_checkpoints() {  # setsid: the runner ends a call's processes when it returns, except a new session's
+  need_installed b
+  rm -f "$prep_log.done"
+  setsid nohup bash -c "$python -m quantlab.serve --make-checkpoints --shape llama-3.1-8b > $prep_log 2>&1; \
+    echo \$? > $prep_log.done" > /dev/null 2>&1 &
+  echo "making checkpoints in the background: $prep_log"
+}
+
 serve_step() {  # defaults: every checkpoint of quantlab.serve.vllm_checkpoints that is cached, 128 new tokens each
   need_installed vllm
-  step serve "${SERVE_LIMIT:-560}" "$python" -m quantlab.serve --engine vllm --out "$out/serve" "${@:---series}"
+  local start=$SECONDS
+  if [ -f "$prep_log" ]; then  # make-checkpoints ran in an earlier call: wait for it (no GPU shared with the
+    while [ ! -f "$prep_log.done" ]; do sleep 2; done  # measurements), keep its log
+    cp "$prep_log" "$out/make-checkpoints.log"
+    echo "make-checkpoints rc=$(cat "$prep_log.done") waited=$((SECONDS - start))" | tee -a "$out/steps.txt"
+  fi
+  step "serve${TAG:-}" "$(( ${SERVE_LIMIT:-560} - (SECONDS - start) ))" "$python" -m quantlab.serve --engine vllm \
+    --out "$out/serve${TAG:-}" "${@:---series}"
 }
 
 describe_machine() {
@@ -140,6 +161,7 @@ case "$command" in
   unit|notebooks|compare|sweep) need_installed c; [ -f "$out/env.txt" ] || describe_machine; "$command" "$@" ;;
   suite) need_installed c; describe_machine; unit; notebooks; compare ;;
   install-vllm-[0-9]*) install_vllm "${command#install-vllm-}" ;;
+  make-checkpoints) make_checkpoints ;;
   serve) [ -f "$out/env.txt" ] || describe_machine; serve_step "$@" ;;
-  *) sed -n '2,19p' "$0"; exit 2 ;;
+  *) sed -n '2,22p' "$0"; exit 2 ;;
 esac
