@@ -221,15 +221,17 @@ def llama_cpp_command(gguf_path: str | os.PathLike, port: int, *, n_threads: int
 
 
 def vllm_command(checkpoint: str | os.PathLike, port: int, *, quantization: str | None = None,
-                 tokenizer: str | os.PathLike | None = None, max_model_len: int = 2048,
-                 gpu_memory_utilization: float = 0.5, served_model_name: str | None = None,
-                 extra: tuple[str, ...] = ()) -> list[str]:
+                 tokenizer: str | os.PathLike | None = None, tensor_parallel_size: int = 1,
+                 max_model_len: int = 2048, gpu_memory_utilization: float = 0.5,
+                 served_model_name: str | None = None, extra: tuple[str, ...] = ()) -> list[str]:
     """vLLM's OpenAI-compatible server (``vllm serve``) on a checkpoint folder (GPU).
 
     vLLM reads GPTQ and AWQ checkpoints' ``quantization_config`` itself (Marlin kernels where the shapes allow);
     ``quantization="fp8"`` quantizes a 16-bit checkpoint to FP8 while loading, ``"bitsandbytes"`` to NF4.
     ``tokenizer``: a folder with the tokenizer, for a checkpoint saved without one (transformers' GPTQ
-    ``save_pretrained`` writes none: see :func:`tokenizer_for`).
+    ``save_pretrained`` writes none: see :func:`tokenizer_for`). ``tensor_parallel_size``: GPUs that each hold a
+    slice of every layer (``--tensor-parallel-size``), where ``device_map="auto"`` (notebooks/10) gives each GPU
+    whole layers, run one after the other.
     """
     if missing_modules(("vllm",)):
         raise QuantlabError(f"vLLM is not installed. On a GPU machine run: {INSTALL_VLLM}")
@@ -247,15 +249,25 @@ def vllm_command(checkpoint: str | os.PathLike, port: int, *, quantization: str 
         command += ["--quantization", quantization]
     if tokenizer is not None:
         command += ["--tokenizer", str(tokenizer)]
+    if tensor_parallel_size > 1:
+        import torch
+
+        if torch.cuda.device_count() < tensor_parallel_size:
+            raise QuantlabError(f"Tensor parallel size {tensor_parallel_size} needs {tensor_parallel_size} GPUs; "
+                                f"this machine has {torch.cuda.device_count()}. Serve on one GPU "
+                                "(tensor_parallel_size=1) or on a machine with more.")
+        command += ["--tensor-parallel-size", str(tensor_parallel_size)]
     return command + list(extra)
 
 
-def vllm_commands(checkpoints: dict[str, tuple[Path, str | None]]) -> dict:
+def vllm_commands(checkpoints: dict[str, tuple[Path, str | None]], tensor_parallel_size: int = 1) -> dict:
     """label -> (port -> ``vllm serve`` command line) for :func:`sweep`, from label -> (folder, ``--quantization``
     or None) as :func:`vllm_checkpoints` and :func:`shape_checkpoints` give them; a folder without a tokenizer
-    gets the default model's (:func:`tokenizer_for`)."""
-    return {label: lambda port, f=folder, q=quantization: vllm_command(f, port, quantization=q,
-                                                                      tokenizer=tokenizer_for(f))
+    gets the default model's (:func:`tokenizer_for`). With ``tensor_parallel_size`` > 1 each label ends in
+    " TP<n>", so that one-GPU and several-GPU rows stay apart in one table."""
+    suffix = f" TP{tensor_parallel_size}" if tensor_parallel_size > 1 else ""
+    return {label + suffix: lambda port, f=folder, q=quantization: vllm_command(
+                f, port, quantization=q, tokenizer=tokenizer_for(f), tensor_parallel_size=tensor_parallel_size)
             for label, (folder, quantization) in checkpoints.items()}
 
 
@@ -523,6 +535,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="vLLM: a random-weight shape's fp16, GPTQ, AWQ and FP8 (made once if missing)")
     parser.add_argument("--make-checkpoints", action="store_true",
                         help="make what --series and --shape serve, then stop (no server)")
+    parser.add_argument("--tensor-parallel-size", type=int, default=1, help="vLLM: GPUs per server (default 1)")
     parser.add_argument("--concurrency", default="1,4,16,64")
     parser.add_argument("--requests", type=int, default=None, help="per level (default: 2 x concurrency, >= 4)")
     parser.add_argument("--max-tokens", type=int, default=128)
@@ -546,7 +559,7 @@ def main(argv: list[str] | None = None) -> int:
         path, _, quantization = rest.partition(":")
         checkpoints[label] = (Path(path), quantization or None)
     if args.engine == "vllm":
-        commands = vllm_commands(checkpoints)
+        commands = vllm_commands(checkpoints, args.tensor_parallel_size)
     else:
         commands = {label: lambda port, p=path: llama_cpp_command(p, port) for label, (path, _) in checkpoints.items()}
     rows = sweep(commands, args.out, concurrencies=tuple(int(c) for c in args.concurrency.split(",")),

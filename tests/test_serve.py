@@ -11,6 +11,7 @@ import textwrap
 
 import psutil  # installed with accelerate
 import pytest
+import torch
 
 from quantlab import methods, models, serve
 from quantlab.errors import QuantlabError
@@ -288,3 +289,17 @@ def test_tpot_is_per_token_where_chunks_carry_several():
     row = serve.LevelResult(1, [request], seconds=0.6).summary()
     assert row["TPOT p50 ms"] == pytest.approx(50) and row["ITL p50 ms"] == pytest.approx(250)
     assert row["output tok/s"] == pytest.approx(11 / 0.6)
+
+
+def test_tensor_parallel_asks_for_the_gpus_it_needs(monkeypatch, tmp_path):
+    monkeypatch.setattr(serve, "missing_modules", lambda modules: [])
+    (tmp_path / "config.json").write_text("{}")
+    (tmp_path / "tokenizer.json").write_text("{}")
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    with pytest.raises(QuantlabError, match="needs 2 GPUs; this machine has 1"):
+        serve.vllm_command(tmp_path, 8123, tensor_parallel_size=2)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    [(label, command)] = serve.vllm_commands({"8B fp16": (tmp_path, None)}, tensor_parallel_size=2).items()
+    line = command(8123)
+    assert label == "8B fp16 TP2" and line[line.index("--tensor-parallel-size") + 1] == "2"
+    assert "--tensor-parallel-size" not in serve.vllm_command(tmp_path, 8123)  # one GPU: vLLM's default

@@ -14,7 +14,8 @@
 #   tests/gpu_runner/run.sh make-checkpoints  in the background (it outlives the call): what `serve` serves, the
 #                                             8B shape's random checkpoints first -> /tmp/quantlab-prep.log
 #   tests/gpu_runner/run.sh serve [ARGS]      vLLM on the series' checkpoints (or --checkpoint LABEL=PATH[:QUANT],
-#                                             --shape NAME), load test at concurrency 1, 4, 16, 64 -> $OUT/serve
+#                                             --shape NAME, --tensor-parallel-size N), load test at concurrency
+#                                             1, 4, 16, 64 -> $OUT/serve
 #                                             (SERVE_LIMIT); waits for make-checkpoints to end
 # Every test step appends "NAME rc=.. seconds=.." to $OUT/steps.txt and writes its log and junit XML to $OUT.
 # The runner keeps what a call installed only if the next call comes within about 30 s, and one call may run
@@ -29,6 +30,9 @@ export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 MPLBACKEND=Agg PYTHONUNBUFFERED=1
 export QUANTLAB_CACHE=/tmp/quantlab-cache GPTQMODEL_OFFLINE=1
 # vLLM's sampler imports FlashInfer unless told not to; the bundle leaves FlashInfer out (vllm-requirements.txt)
 export VLLM_USE_FLASHINFER_SAMPLER=0
+# NVLink multicast stays off on the runner's multi-GPU machines (the device tool's notes): vLLM's tensor parallelism
+# uses NCCL, and `serve --tensor-parallel-size 2` starts servers that inherit these
+export NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1
 # gptqmodel compiles its CUDA kernels (Marlin) on first use, about 3 minutes; keep them where a later
 # call on the same machine finds them (install-kernels seeds them from an earlier run).
 export GPTQMODEL_TORCH_EXTENSIONS_DIR=/tmp/quantlab-ext
@@ -163,5 +167,5 @@ case "$command" in
   install-vllm-[0-9]*) install_vllm "${command#install-vllm-}" ;;
   make-checkpoints) make_checkpoints ;;
   serve) [ -f "$out/env.txt" ] || describe_machine; serve_step "$@" ;;
-  *) sed -n '2,22p' "$0"; exit 2 ;;
+  *) sed -n '2,23p' "$0"; exit 2 ;;
 esac
