@@ -3,10 +3,13 @@
 # %pip lines of the generated setup cell (quantlab from this checkout instead of GitHub), then:
 #   - torch and numpy must be unchanged (pip freeze before/after),
 #   - gptqmodel, bitsandbytes, gguf, optimum.gptq and quantlab must import,
-#   - colab/01_setup.ipynb must pass nbval offline (its install cell is a no-op outside Colab).
-# Usage: colab/check_install.sh [VENV]   (default /tmp/colabenv; it is deleted and rebuilt)
-# Differences from Colab: Python 3.11 instead of 3.13 and the CPU build of torch 2.13.0 instead of
-# 2.11.0+cu128 (what this machine has on disk). Everything else is Colab's version (googlecolab/backend-info).
+#   - colab/01_setup.ipynb (or every copy named in NOTEBOOKS) must pass nbval offline (the install cells are no-ops
+#     outside Colab).
+# Usage: [PYTHON=python3.13] [TORCH_SPEC=torch==2.11.0] [NOTEBOOKS="colab/*.ipynb"] colab/check_install.sh [VENV]
+#        (VENV default /tmp/colabenv; it is deleted and rebuilt)
+# Closest to Colab: PYTHON=python3.13 TORCH_SPEC=torch==2.11.0 (PyPI's CUDA build, which runs on a CPU too; about
+# 3 GB with its CUDA libraries). The defaults, Python 3 of this machine and torch 2.13.0, need no download here.
+# Everything else is Colab's version (googlecolab/backend-info). What stays different: no GPU, no Colab kernel.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 REPO=$(pwd)
@@ -19,7 +22,7 @@ mkdir -p "$WORK"
 "$PY" -m venv "$VENV"
 PIP="$VENV/bin/pip"
 t0=$(date +%s)
-"$PIP" install -q torch==2.13.0
+"$PIP" install -q "${TORCH_SPEC:-torch==2.13.0}"
 # Colab's pins; datasets/matplotlib bring pandas, pyarrow, pillow, requests, pyyaml, tqdm as on Colab.
 # threadpoolctl (gptqmodel imports it) is on Colab as a dependency of scikit-learn.
 "$PIP" install -q transformers==5.15.0 accelerate==1.14.0 numpy==2.1.3 ipywidgets==7.7.1 peft==0.20.0 \
@@ -27,21 +30,32 @@ t0=$(date +%s)
 "$PIP" freeze > "$WORK/freeze-before.txt"
 echo "== Colab-like venv: $("$VENV/bin/python" --version), built in $(( $(date +%s) - t0 )) s; pip freeze in $WORK/freeze-before.txt"
 
-# The install lines exactly as build.py writes them, with quantlab from this checkout.
+# The install lines exactly as build.py writes them, with quantlab from this checkout: the shared setup cell's
+# %pip lines and every named copy's own (%pip and ! lines, in order, once each), run in the venv.
 "$VENV/bin/python" colab/build.py --out "$WORK/colab" --quantlab-spec "$REPO" > /dev/null
-"$VENV/bin/python" - "$WORK/colab/01_setup.ipynb" > "$WORK/install.txt" <<'EOF'
+notebooks=${NOTEBOOKS:-colab/01_setup.ipynb}
+# shellcheck disable=SC2086  # NOTEBOOKS is a glob
+"$VENV/bin/python" - $(for nb in $notebooks; do echo "$WORK/colab/$(basename "$nb")"; done) > "$WORK/install.sh" <<'EOF'
 import json, sys
-for cell in json.load(open(sys.argv[1]))["cells"]:
-    for line in "".join(cell["source"]).splitlines():
-        if line.strip().startswith("%pip "):
-            print(line.strip().removeprefix("%pip "))
+seen = []
+for path in sys.argv[1:]:
+    for cell in json.load(open(path))["cells"]:
+        for line in "".join(cell["source"]).splitlines():
+            line = line.strip()
+            if line.startswith("%pip "):
+                line = "pip " + line.removeprefix("%pip ")
+            elif line.startswith("!"):
+                line = line.removeprefix("!")
+            else:
+                continue
+            if line not in seen:
+                seen.append(line)
+print("\n".join(seen))
 EOF
-echo "== install cell (quantlab from $REPO):"
-sed 's/^/pip /' "$WORK/install.txt"
+echo "== install lines (quantlab from $REPO):"
+cat "$WORK/install.sh"
 start=$(date +%s)
-while read -r args; do
-    eval "\"$PIP\" $args"
-done < "$WORK/install.txt"
+(export PATH="$VENV/bin:$PATH" DISABLE_CUDA=1; bash -e "$WORK/install.sh")
 echo "== install took $(( $(date +%s) - start )) s"
 "$PIP" freeze > "$WORK/freeze-after.txt"
 
@@ -57,8 +71,9 @@ done
 echo "== imports:"
 "$VENV/bin/python" -c "import gptqmodel, bitsandbytes, gguf, optimum.gptq, quantlab; print('all import')" 2>&1 | tail -n 1
 
-echo "== nbval on colab/01_setup.ipynb (offline):"
+echo "== nbval on $notebooks (offline):"
 t0=$(date +%s)
+# shellcheck disable=SC2086  # NOTEBOOKS is a glob
 HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 MPLBACKEND=Agg QUANTLAB_CACHE="$WORK/cache" \
-    "$VENV/bin/python" -m pytest -q -p no:cacheprovider --nbval-lax --nbval-current-env colab/01_setup.ipynb
+    "$VENV/bin/python" -m pytest -q -p no:cacheprovider --durations=20 --nbval-lax --nbval-current-env $notebooks
 echo "== nbval took $(( $(date +%s) - t0 )) s"
