@@ -598,13 +598,22 @@ def build_hqq(src: ModelSource, s: Settings) -> Built:
     from hqq.models.hf.base import AutoHQQHFModel
 
     model = build_baseline(src, s).model
+    log = hqq_log(src, s)
+    log.parent.mkdir(parents=True, exist_ok=True)
+    log.unlink(missing_ok=True)
     start = time.perf_counter()
-    with output_to(Path(tempfile.mkdtemp(prefix="quantlab-hqq-")) / QUANTIZE_LOG):
+    with output_to(log):
         AutoHQQHFModel.quantize_model(model, quant_config=BaseQuantizeConfig(nbits=4, group_size=s.group_size, axis=1),
                                       compute_dtype=s.torch_dtype, device=s.device)
     return Built(model, time.perf_counter() - start, None,
                  "quantized after loading with hqq's AutoHQQHFModel (transformers 5.17's HqqConfig cannot quantize "
                  "on load); not saved, so no disk size")
+
+
+def hqq_log(src: ModelSource, s: Settings) -> Path:
+    """Where :func:`build_hqq` writes what hqq prints while quantizing (nothing is saved besides it), rewritten each
+    time, beside the checkpoints of the same settings."""
+    return quantized_dir(src, f"hqq-int4-g{s.group_size}", s).with_suffix(".log")
 
 
 def _hqq_int4(s: Settings) -> memory.WeightFormat:

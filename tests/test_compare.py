@@ -86,6 +86,21 @@ def test_compare_leaves_no_temporary_files_behind(quick_results):
     assert rows["bnb-nf4"]["disk_mb"] > 0  # measured before the copy was deleted
 
 
+def test_hqq_writes_what_it_prints_beside_the_checkpoints_not_in_the_temp_folder(monkeypatch, tmp_path):
+    """HQQ keeps no checkpoint; its log once went to a temp folder that no one removed (a fresh `make run` left it)."""
+    pytest.importorskip("hqq")
+    from transformers import AutoConfig
+
+    from quantlab import models
+
+    src = models.resolve(None)
+    settings = compare.settings_for("cpu", True, AutoConfig.from_pretrained(src.path))
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    built = methods.get("hqq-int4").build(src, settings)
+    assert built.model is not None and list(tmp_path.iterdir()) == []
+    assert methods.hqq_log(src, settings).is_file()
+
+
 def test_a_killed_quantization_is_cleaned_up_by_the_next_one(tmp_path):
     stale = tmp_path / ".tmp-999999999-abandoned"  # no such process
     live = tmp_path / f".tmp-{os.getpid()}-in-progress"  # this process: perhaps another thread's
