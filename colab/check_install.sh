@@ -75,5 +75,6 @@ echo "== nbval on $notebooks (offline):"
 t0=$(date +%s)
 # shellcheck disable=SC2086  # NOTEBOOKS is a glob
 HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 MPLBACKEND=Agg QUANTLAB_CACHE="$WORK/cache" \
-    "$VENV/bin/python" -m pytest -q -p no:cacheprovider --durations=20 --nbval-lax --nbval-current-env $notebooks
+    "$VENV/bin/python" -m pytest -q -p no:cacheprovider --durations=20 --nbval-lax --nbval-current-env \
+    $(for nb in $notebooks; do echo "$WORK/colab/$(basename "$nb")"; done)  # the generated copies: outputs stay in $WORK
 echo "== nbval took $(( $(date +%s) - t0 )) s"
