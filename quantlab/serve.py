@@ -37,6 +37,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from quantlab import compare, data, ggml, methods, models, shapes
 from quantlab.errors import QuantlabError
@@ -250,8 +251,6 @@ def vllm_command(checkpoint: str | os.PathLike, port: int, *, quantization: str 
     if tokenizer is not None:
         command += ["--tokenizer", str(tokenizer)]
     if tensor_parallel_size > 1:
-        import torch
-
         if torch.cuda.device_count() < tensor_parallel_size:
             raise QuantlabError(f"Tensor parallel size {tensor_parallel_size} needs {tensor_parallel_size} GPUs; "
                                 f"this machine has {torch.cuda.device_count()}. Serve on one GPU "
@@ -504,20 +503,24 @@ def _gpu_settings(src: models.ModelSource) -> methods.Settings:
     return compare.settings_for("cuda", False, AutoConfig.from_pretrained(src.path))
 
 
-def _series_specs() -> list[str]:
-    """``LABEL=PATH[:QUANTIZATION]`` for each of the series' checkpoints cached with the GPU settings."""
+def _cached_series() -> dict[str, tuple[Path, str | None]]:
+    """The entries of :func:`vllm_checkpoints` cached with the GPU settings; the others are named, with the command
+    that makes them."""
     src = models.resolve()
-    specs = []
+    cached = {}
     for label, (folder, quantization) in vllm_checkpoints(src, _gpu_settings(src)).items():
         if (folder / "config.json").is_file():
-            specs.append(_spec(label, folder, quantization))
+            cached[label] = (folder, quantization)
         else:
             print(f"{label}: not cached at {folder}; `python -m quantlab.serve --make-checkpoints` makes it")
-    return specs
+    return cached
 
 
-def _spec(label: str, folder: Path, quantization: str | None) -> str:
-    return f"{label}={folder}" + (f":{quantization}" if quantization else "")
+def _parse_checkpoint(spec: str) -> tuple[str, tuple[Path, str | None]]:
+    """``LABEL=PATH[:QUANTIZATION]`` -> (label, (folder, quantization or None))."""
+    label, _, rest = spec.partition("=")
+    path, _, quantization = rest.partition(":")
+    return label, (Path(path), quantization or None)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -549,15 +552,13 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.engine is None:
         parser.error("name an --engine (vllm or llama.cpp)")
-    specs = list(args.checkpoint) + (_series_specs() if args.series else [])
-    specs += [_spec(label, *where) for name in args.shape for label, where in shape_checkpoints(name).items()]
-    if not specs:
+    if not (args.checkpoint or args.series or args.shape):
         parser.error("name a --checkpoint, --series or --shape")
-    checkpoints = {}
-    for spec in specs:
-        label, _, rest = spec.partition("=")
-        path, _, quantization = rest.partition(":")
-        checkpoints[label] = (Path(path), quantization or None)
+    checkpoints = dict(_parse_checkpoint(spec) for spec in args.checkpoint)
+    if args.series:
+        checkpoints |= _cached_series()
+    for name in args.shape:
+        checkpoints |= shape_checkpoints(name)
     if args.engine == "vllm":
         commands = vllm_commands(checkpoints, args.tensor_parallel_size)
     else:
