@@ -251,7 +251,8 @@ from gptqmodel.quantization import QuantizeConfig
 from gptqmodel.quantization.gptq import GPTQ
 
 qcfg = QuantizeConfig(bits=BITS, group_size=GROUP_SIZE or -1, damp_percent=DAMP_PERCENT, sym=False,
-                      desc_act=False, act_group_aware=False)
+                      desc_act=False, act_group_aware=False,
+                      offload_to_disk=False)  # else every config makes a gptqmodel_* temp folder, kept if killed
 reference = GPTQ(copy.deepcopy(layer).float().cpu(), qcfg)
 reference.quantizer.configure(perchannel=True)  # one grid per output row (per group)
 reference.add_batch(x_calibration, None)

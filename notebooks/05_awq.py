@@ -296,7 +296,9 @@ calibration = [{"input_ids": row.tolist(), "attention_mask": [1] * len(row)} for
 
 
 def quantize_awq(out_dir):
-    awq_model = GPTQModel.load(source.path, AWQConfig(bits=BITS, group_size=GROUP_SIZE, sym=False), device=DEVICE)
+    # offload_to_disk=False: the default parks finished layers in a gptqmodel_* temp folder, left behind if killed
+    awq_config = AWQConfig(bits=BITS, group_size=GROUP_SIZE, sym=False, offload_to_disk=False)
+    awq_model = GPTQModel.load(source.path, awq_config, device=DEVICE)
     awq_model.quantize(calibration, backend=BACKEND.AUTO if ON_GPU else BACKEND.AWQ_TORCH)
     awq_model.save(str(out_dir))
 

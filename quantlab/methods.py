@@ -406,10 +406,10 @@ def build_rtn(src: ModelSource, s: Settings) -> Built:
 def awq_config(s: Settings):
     """AWQ's own format: int4 with a zero point per group (autoawq's ``zero_point=True``, what AWQ checkpoints on
     the hub use). gptqmodel's ``AWQConfig`` defaults to ``sym=True``, which costs the default model far more
-    perplexity than AWQ's scaling saves (notebooks/05)."""
+    perplexity than AWQ's scaling saves (notebooks/05). ``offload_to_disk=False`` as in :func:`rtn_config`."""
     from gptqmodel import AWQConfig
 
-    return AWQConfig(bits=4, group_size=s.group_size, sym=False)
+    return AWQConfig(bits=4, group_size=s.group_size, sym=False, offload_to_disk=False)
 
 
 def awq_calibration(src: ModelSource, s: Settings) -> list[dict]:
