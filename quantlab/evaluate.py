@@ -254,6 +254,20 @@ def _timed_generate(model, prompt: torch.Tensor, n_new: int, generate_kwargs: di
     return timer.seconds
 
 
+NOISY_RETRIES = 2  # measure_speed's retries, each with twice the repeats, when timings are too noisy
+
+
+def _speed_runs(model, prompt: torch.Tensor, new_tokens: int, generate_kwargs: dict, runs: int) -> list[tuple]:
+    """``runs`` times (prefill seconds, seconds to generate 1 token, seconds to generate ``new_tokens``)."""
+    times = []
+    for _ in range(runs):
+        with timed() as prefill:
+            model(prompt)
+        one = _timed_generate(model, prompt, 1, generate_kwargs)
+        times.append((prefill.seconds, one, _timed_generate(model, prompt, new_tokens, generate_kwargs)))
+    return times
+
+
 @torch.inference_mode()
 def measure_speed(model, tokenizer, prompt_tokens: int = 128, new_tokens: int = 32, repeats: int = 3,
                   warmup: int = 1, generate_kwargs: dict | None = None) -> SpeedResult:
@@ -267,23 +281,26 @@ def measure_speed(model, tokenizer, prompt_tokens: int = 128, new_tokens: int = 
 
     ``generate_kwargs`` go to ``generate`` only, e.g. ``{"cache_implementation": "static"}``, with which
     transformers compiles the decoding step on a GPU; use ``warmup >= 2`` so compilation is not timed.
+
+    On a busy machine the medians can say that ``new_tokens`` tokens took no longer than one; then the runs are
+    repeated with twice as many repeats, up to :data:`NOISY_RETRIES` times, before giving up with an error.
     """
     if new_tokens < 2 or repeats < 1 or warmup < 0:
         raise QuantlabError("measure_speed needs new_tokens >= 2, repeats >= 1 and warmup >= 0.")
     prompt = speed_prompt(tokenizer, prompt_tokens).to(model.device)
     generate_kwargs = {"pad_token_id": tokenizer.pad_token_id or tokenizer.eos_token_id, **(generate_kwargs or {})}
-    runs = []  # (prefill, generate 1 token, generate new_tokens) seconds
-    for _ in range(warmup + repeats):
-        with timed() as prefill:
-            model(prompt)
-        one = _timed_generate(model, prompt, 1, generate_kwargs)
-        runs.append((prefill.seconds, one, _timed_generate(model, prompt, new_tokens, generate_kwargs)))
-    prefill_s, one_token_s, all_tokens_s = (statistics.median(times) for times in zip(*runs[warmup:], strict=True))
+    for retry in range(NOISY_RETRIES + 1):
+        runs = _speed_runs(model, prompt, new_tokens, generate_kwargs, (warmup if retry == 0 else 0) + repeats)
+        medians = [statistics.median(times) for times in zip(*runs[-repeats:], strict=True)]
+        prefill_s, one_token_s, all_tokens_s = medians
+        decode_ms = 1000 * (all_tokens_s - one_token_s) / (new_tokens - 1)
+        if decode_ms > 0:
+            break
+        repeats *= 2
+    else:
+        raise QuantlabError(f"Timings too noisy to tell decoding time, even with {repeats // 2} repeats: is something "
+                            "else using the machine? Retry when it is idle, or with more new_tokens.")
     prefill_ms = 1000 * prefill_s
-    decode_ms = 1000 * (all_tokens_s - one_token_s) / (new_tokens - 1)
-    if decode_ms <= 0:
-        raise QuantlabError("Timings too noisy to tell decoding time: is something else using the machine? "
-                            "Retry with more repeats or new_tokens.")
     return SpeedResult(
         prefill_tok_s=1000 * prompt_tokens / prefill_ms,
         decode_tok_s=1000 / decode_ms,

@@ -102,6 +102,26 @@ def test_measure_speed(default_model):
     assert speed.decode_tok_s == pytest.approx(1000 / speed.decode_ms_per_token)
 
 
+def test_noisy_timings_are_measured_again_with_more_repeats(default_model, monkeypatch):
+    """A busy machine can make one generated token look slower than eight: measure again before giving up."""
+    model, tokenizer = default_model
+    noisy, clean = (0.01, 0.5, 0.4), (0.01, 0.1, 0.8)  # (prefill, 1 token, 8 tokens) seconds
+    calls = []
+
+    def fake_runs(model, prompt, new_tokens, generate_kwargs, runs):
+        calls.append(runs)
+        return [noisy if len(calls) == 1 else clean] * runs
+
+    monkeypatch.setattr(evaluate, "_speed_runs", fake_runs)
+    speed = evaluate.measure_speed(model, tokenizer, prompt_tokens=32, new_tokens=8, repeats=2, warmup=1)
+    assert calls == [3, 4] and speed.repeats == 4  # the warm-up once, then twice the repeats
+    assert speed.decode_ms_per_token == pytest.approx(100.0)
+
+    monkeypatch.setattr(evaluate, "_speed_runs", lambda *args: [noisy] * args[-1])
+    with pytest.raises(QuantlabError, match="too noisy.*8 repeats"):
+        evaluate.measure_speed(model, tokenizer, prompt_tokens=32, new_tokens=8, repeats=2)
+
+
 def test_timed_and_decode_floor():
     with evaluate.timed() as timer:
         sum(range(10**5))
