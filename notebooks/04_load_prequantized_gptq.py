@@ -27,7 +27,7 @@
 #
 # | runtime | CPU (2 cores) | GPU |
 # |---|---|---|
-# | this notebook | 61 s (the committed run, 2-core CPU, 2026-12-02) | 32 s (nbval on an NVIDIA H200, 2026-11-28) |
+# | this notebook | 42 s (the committed run, 2-core CPU, 2026-12-04) | 32 s (nbval on an NVIDIA H200, 2026-11-28) |
 #
 # Every number in this series is measured when you run the cell, on your hardware. Nothing is typed in.
 
@@ -50,6 +50,9 @@ import logging
 # torchao's and torch's notices at the first model load, about kernels this series does not use (notebook 01)
 logging.getLogger("torchao").setLevel(logging.ERROR)
 logging.getLogger("torch.utils._pytree").setLevel(logging.ERROR)
+# On CPUs with AVX512-BF16, importing bitsandbytes (gptqmodel imports it) asks the `kernels` package for a hub
+# kernel and warns that it cannot have one: harmless here (notebook 08 looks at that CPU path).
+logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(logging.ERROR)
 
 from logbar import LogBar  # gptqmodel's logger: created here at WARNING, so no banner and no INFO lines
 
@@ -413,3 +416,51 @@ check("exercise 1", down_proj_words, down_proj.in_features * down_proj.out_featu
 check("exercise 2", down_proj_max_difference, 0.0)
 embedding = model.get_input_embeddings().weight
 check("exercise 3", embedding_fraction, embedding.numel() * embedding.element_size() / memory.weight_bytes(model))
+
+
+# %% [markdown]
+# ## Recipe: load a GPTQ checkpoint in one cell
+# The notebook's last cell, because run here it takes over names such as `model` and `tokenizer`.
+# The cell to copy into your own work. It runs alone in a fresh Python, with nothing from this notebook or from
+# quantlab (`tests/test_recipes.py` runs it so, after notebook 03's recipe). `CHECKPOINT` is the folder notebook
+# 03's recipe writes; the checkpoint this notebook loaded in section 1 works too, as does a GPTQ checkpoint's hub
+# id such as `"Qwen/Qwen2.5-0.5B-Instruct-GPTQ-Int4"` online. The backend is section 4's rule: `auto` when every
+# layer's inputs are whole groups, else `torch`.
+
+# %% tags=["recipe", "nbval-skip"]
+import logging
+import os
+import warnings
+from pathlib import Path
+
+os.environ.setdefault("GPTQMODEL_CPU_WORKERS", str(max(2, os.cpu_count())))  # before gptqmodel's import
+os.environ.setdefault("GPTQMODEL_DISABLE_PACK_EXT", "1")  # pack in Python: no minute-long C++ compile
+logging.getLogger("torchao").setLevel(logging.ERROR)  # its notices about kernels this recipe does not use
+logging.getLogger("torch.utils._pytree").setLevel(logging.ERROR)  # torch deprecation notices at the first load
+logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(logging.ERROR)  # imported by gptqmodel; its hub-kernel notice
+logging.getLogger("tokenicer").setLevel(logging.WARNING)  # gptqmodel's tokenizer helper: no INFO lines
+import torch
+from logbar import LogBar
+from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, GPTQConfig
+
+CHECKPOINT = Path("results/recipes/SmolLM2-135M-Instruct-gptq-int4-g128")  # notebook 03's recipe wrote it
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+DTYPE = torch.float16 if DEVICE == "cuda" else torch.float32  # what stays unquantized: embeddings, norms, lm_head
+PROMPT = "Machine learning models can be compressed by"
+
+torch.compiler.set_stance("force_eager")  # gptqmodel's CPU kernels would compile every layer separately
+LogBar.shared().setLevel("WARNING")  # gptqmodel: no banner, no INFO lines
+# transformers warns that the checkpoint has its own quantization_config: we pass one for `backend` only, on purpose
+warnings.filterwarnings("ignore", message=".*You passed `quantization_config`.*")
+
+config = AutoConfig.from_pretrained(CHECKPOINT)
+group = config.quantization_config["group_size"]
+widths = (config.hidden_size, config.intermediate_size)
+backend = "auto" if all(width % group == 0 for width in widths) else "torch"
+tokenizer = AutoTokenizer.from_pretrained(CHECKPOINT)
+model = AutoModelForCausalLM.from_pretrained(
+    CHECKPOINT, quantization_config=GPTQConfig(bits=4, backend=backend), dtype=DTYPE, device_map=DEVICE
+)
+inputs = tokenizer(PROMPT, return_tensors="pt").to(model.device)
+output = model.generate(**inputs, max_new_tokens=20, do_sample=False)
+print(tokenizer.decode(output[0], skip_special_tokens=True))

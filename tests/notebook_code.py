@@ -14,15 +14,19 @@ import jupytext
 ROOT = Path(__file__).resolve().parent.parent
 
 
+def tagged_sources(notebook_py: str | Path, tag: str) -> list[str]:
+    """The sources of the code cells of ``notebook_py`` (relative to the repository) tagged ``tag``, in order."""
+    path = ROOT / notebook_py
+    sources = [cell.source for cell in jupytext.read(path).cells
+               if cell.cell_type == "code" and tag in cell.metadata.get("tags", [])]
+    if not sources:
+        raise LookupError(f"{path} has no code cell tagged {tag!r}")
+    return sources
+
+
 def load_cells(notebook_py: str | Path, tag: str) -> SimpleNamespace:
     """The names defined by the code cells of ``notebook_py`` (relative to the repository) tagged ``tag``."""
-    path = ROOT / notebook_py
-    notebook = jupytext.read(path)
-    cells = [cell for cell in notebook.cells
-             if cell.cell_type == "code" and tag in cell.metadata.get("tags", [])]
-    if not cells:
-        raise LookupError(f"{path} has no code cell tagged {tag!r}")
     namespace = {"__name__": f"notebook_cells_{tag.replace('-', '_')}"}
-    for number, cell in enumerate(cells):
-        exec(compile(cell.source, f"{path.name}[{tag} #{number}]", "exec"), namespace)  # noqa: S102
+    for number, source in enumerate(tagged_sources(notebook_py, tag)):
+        exec(compile(source, f"{Path(notebook_py).name}[{tag} #{number}]", "exec"), namespace)  # noqa: S102
     return SimpleNamespace(**{k: v for k, v in namespace.items() if not k.startswith("__")})
