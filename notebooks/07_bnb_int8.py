@@ -528,8 +528,8 @@ check("exercise 3", layers_with_outliers, len(with_outliers))
 # ## Recipe: LLM.int8() in one cell
 # The notebook's last cell, because run here it takes over names such as `model` and `tokenizer`.
 # The cell to copy into your own work. It runs alone in a fresh Python, with nothing from this notebook or from
-# quantlab (`tests/test_recipes.py` runs it so): the inputs are literals in its first lines, and the one log
-# setting it needs is in plain sight. `MODEL` is the float checkpoint this series converted from the bundled
+# quantlab (`tests/test_recipes.py` runs it so): the inputs are literals in its first lines, and the log
+# settings it needs are in plain sight. `MODEL` is the float checkpoint this series converted from the bundled
 # GGUF; put a folder of your own or a hub id there.
 
 # %% tags=["recipe", "nbval-skip"]

@@ -29,7 +29,7 @@
 #
 # | runtime | CPU (2 cores) | GPU |
 # |---|---|---|
-# | this notebook | 85 s (the committed run, 2-core CPU, 2026-12-04) | 1.6 min (nbval on an NVIDIA H200, 2026-11-28) |
+# | this notebook | 87 s (the committed run, 2-core CPU, 2026-12-04) | 1.6 min (nbval on an NVIDIA H200, 2026-11-28) |
 #
 # On a CPU the fine-tune is tiny (12 steps of 2 × 48 tokens) and perplexity uses 1024 tokens; the
 # parameters cell raises both on a GPU.
@@ -359,32 +359,31 @@ def one_nf4_layer(weight, double_quant):
 
 
 def reaches_input(layer, x):
-    """Whether a backward pass through the layer (in training mode) gives its input a gradient; torch's warnings
-    about it are collected in ``backward_warnings``."""
+    """Whether a backward pass through the layer (in training mode) gives its input a gradient, and the first
+    sentence of each warning torch gave meanwhile."""
     x = x.clone().requires_grad_()
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         layer.train()(x).sum().backward()
-    backward_warnings.update(str(w.message).split(". ")[0] for w in caught)
-    return x.grad is not None
-
-
-backward_warnings = set()
+    return x.grad is not None, {str(w.message).split(". ")[0] for w in caught}
 
 
 torch.manual_seed(SEED)
 x = torch.randn(4, weight.shape[1])
+backward_warnings = set()
 print(f"{name}, {tuple(weight.shape)}:")
 for double_quant in (True, False):
     layer = one_nf4_layer(weight, double_quant)
-    bytes_loaded, gradient_before = memory.weight_bytes(layer), reaches_input(layer, x)
+    bytes_loaded, (gradient_before, _) = memory.weight_bytes(layer), reaches_input(layer, x)
     with torch.no_grad():
         first = layer.eval()(x)  # eval mode, no gradient needed: where bitsandbytes repacks
         bytes_after = memory.weight_bytes(layer)
         layer.state_dict()  # what save_pretrained calls
         second = layer(x)
+    gradient_after, caught = reaches_input(layer, x)
+    backward_warnings |= caught
     print(f"  double quant {double_quant!s:5}: {bytes_loaded} → {bytes_after} bytes after an eval pass; "
-          f"gradient reaches the input: {gradient_before} → {reaches_input(layer, x)}; "
+          f"gradient reaches the input: {gradient_before} → {gradient_after}; "
           f"max |change| of the outputs from state_dict(): {(second - first).abs().max():.1e}")
 for message in sorted(backward_warnings):
     print("torch warned in the backward pass:", message)
