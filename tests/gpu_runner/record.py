@@ -58,6 +58,25 @@ def serve_table(data: dict) -> str:
     return "\n".join(lines)
 
 
+def offline_table(rows: list[dict]) -> str:
+    """`vllm_offline.py`'s rows: decode ms per step of ``LLM.generate`` by batch, and at batch 1 the CUDA kernel time
+    per step from vLLM's profiler beside the wall time per step (the rest is the GPU waiting for the host)."""
+    lines = ["| checkpoint | batch | decode ms/step | min-max ms | output tok/s | prefill ms | kernel ms/step "
+             "(profiled) | kernels' share of the step | error |", "|---|---|---|---|---|---|---|---|---|"]
+    for row in rows:
+        if "error" in row:
+            lines.append(f"| {row['label']} | | | | | | | | {row['error'].strip().splitlines()[-1]} |")
+            continue
+        kernel = row.get("profile", {}).get("cuda_kernel_ms_per_step")
+        for p in row["points"]:
+            step = p["decode_ms_per_step"]
+            profiled = kernel is not None and p["batch"] == row["profile"]["batch"]
+            kernel_cells = f"{kernel:.2f} | {kernel / step:.0%}" if profiled else " | "
+            lines.append(f"| {row['label']} | {p['batch']} | {step:.2f} | {p['min_ms']:.2f}-{p['max_ms']:.2f} | "
+                         f"{p['output_tok_s']:.0f} | {p['prefill_ms']:.1f} | {kernel_cells} | |")
+    return "\n".join(lines)
+
+
 def section(outs: list[Path]) -> str:
     out = outs[0]
     env = (out / "env.txt").read_text()
@@ -86,6 +105,13 @@ def section(outs: list[Path]) -> str:
     for results in [p for o in outs for p in sorted(o.glob("serve*/results.json"))]:
         lines += [f"vLLM {vllm_version(results.parent)} serving ({results.parent.name}; random-weight rows: speed "
                   "and memory only):", "", serve_table(json.loads(results.read_text())), ""]
+    for results in [p for o in outs for p in sorted(o.glob("vllm-offline*/results.json"))]:
+        lines += [f"vLLM {vllm_version(results.parent)} offline, `LLM.generate` ({results.parent.name}; 128 new "
+                  "tokens, greedy, median of 3; random-weight rows: speed and memory only):", "",
+                  offline_table(json.loads(results.read_text())), ""]
+    notes = [(o / "notes.md").read_text().strip() for o in outs if (o / "notes.md").exists()]
+    if notes:  # what the person who ran it saw: a job that failed for the runner's sake, numbers withheld and why
+        lines += ["Notes on this run:", "", *notes, ""]
     checks = [line for o in outs for f in sorted(o.glob("check-*.txt")) for line in f.read_text().splitlines()
               if line.strip() and not line.startswith(("\r", "Loading", "Converting", "Writing", "quantlab:"))]
     if checks:

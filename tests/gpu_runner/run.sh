@@ -12,7 +12,13 @@
 #   tests/gpu_runner/run.sh install-vllm-N    stage part N of bundle-vllm.sh's vLLM tar; the last one joins, checks
 #                                             and installs it, then checks that `vllm serve` imports
 #   tests/gpu_runner/run.sh make-checkpoints  in the background (it outlives the call): what `serve` serves, the
-#                                             8B shape's random checkpoints first -> /tmp/quantlab-prep.log
+#                                             8B shape's random checkpoints first (background job "prep")
+#   tests/gpu_runner/run.sh background NAME STEP [ARGS]
+#                                             any step above as background job NAME (it outlives the call), run
+#                                             from a private copy of the checkout, once per machine
+#   tests/gpu_runner/run.sh wait NAME [SECONDS]
+#                                             until job NAME ends (or SECONDS pass): its log's tail and status
+#   tests/gpu_runner/run.sh collect           every job's log and $OUT folder -> $OUT/jobs.tgz
 #   tests/gpu_runner/run.sh serve [ARGS]      vLLM on the series' checkpoints (or --checkpoint LABEL=PATH[:QUANT],
 #                                             --shape NAME, --tensor-parallel-size N), load test at concurrency
 #                                             1, 4, 16, 64 -> $OUT/serve
@@ -22,7 +28,7 @@
 # 10 minutes: split a long suite over several calls (README.md). Step limits: UNIT_LIMIT, NOTEBOOK_LIMIT,
 # COMPARE_LIMIT, SWEEP_LIMIT (seconds).
 set -uo pipefail
-stage=/tmp/quantlab-stage
+stage=${QUANTLAB_STAGE:-/tmp/quantlab-stage}
 python=${PYTHON:-python3}
 out=${OUT:-/tmp/quantlab-out}
 mkdir -p "$stage" "$out"
@@ -87,22 +93,50 @@ install_vllm() {  # install-vllm-N: parts arrive one call each (bundle-vllm.sh);
     && "$python" -m vllm.entrypoints.cli.main serve --help > /dev/null && touch "$stage/installed-vllm"
 }
 
-prep_log=/tmp/quantlab-prep.log
-make_checkpoints() {  # setsid: the runner ends a call's processes when it returns, except a new session's
+jobs_dir=${QUANTLAB_JOBS:-/tmp/quantlab-jobs}
+background() {  # background NAME STEP [ARGS]: `run.sh STEP ARGS` in a process session of its own, which the runner
+  # lets outlive the call, so that later calls (the vLLM parts, say) overlap it. It runs from a private copy of this
+  # checkout: every device call copies the working tree again, and a job that imports a module while that happens
+  # fails (seen 2026-12-04: notebook 13, "cannot import name 'ggml' from 'quantlab'", 18 of 32 cells). Once per
+  # machine: a command repeated on a machine that turned out to be fresh, or sent twice, starts nothing the second
+  # time (the same day two copies of notebook 12 shared the GPU unseen). Kill a job with `kill -- -$(cat NAME.pid)`
+  # in $jobs_dir; a notebook's kernel is a session of its own and needs killing too.
+  local name=$1; shift
+  mkdir -p "$jobs_dir"
+  mkdir "$jobs_dir/$name.lock" 2>/dev/null || { echo "job $name was started on this machine already"; return 0; }
+  local copy="$jobs_dir/$name.checkout"
+  mkdir -p "$copy" && tar -C . --exclude=./.gpu_bundle --exclude=./.venv --exclude=./.git -cf - . | tar -C "$copy" -xf -
+  (cd "$copy" && OUT="$jobs_dir/$name.out" setsid nohup bash -c "bash tests/gpu_runner/run.sh $*; echo \$? > $jobs_dir/$name.rc" \
+    > "$jobs_dir/$name.log" 2>&1 < /dev/null & echo $! > "$jobs_dir/$name.pid")
+  echo "job $name started in the background: $jobs_dir/$name.log, its results in $jobs_dir/$name.out"
+}
+
+collect() {  # every job's log and results folder as one file in $OUT (a call brings back at most 8)
+  tar -czf "$out/jobs.tgz" -C "$jobs_dir" --exclude='*.checkout' --exclude='*.lock' . && ls -l "$out/jobs.tgz"
+}
+
+wait_job() {  # wait_job NAME [SECONDS]: until job NAME ends, at most SECONDS (default 540); 0 once it ended with 0
+  local name=$1 limit=${2:-540} start=$SECONDS
+  [ -d "$jobs_dir/$name.lock" ] || { echo "no job $name on this machine (a fresh machine?)"; return 3; }
+  while [ ! -f "$jobs_dir/$name.rc" ] && [ $((SECONDS - start)) -lt "$limit" ]; do sleep 2; done
+  tail -n 3 "$jobs_dir/$name.log"
+  [ -f "$jobs_dir/$name.rc" ] || { echo "job $name still running after ${limit} s"; return 124; }
+  echo "job $name rc=$(cat "$jobs_dir/$name.rc") waited=$((SECONDS - start))"
+  return "$(cat "$jobs_dir/$name.rc")"
+}
+
+make_checkpoints() {
   need_installed b
-  rm -f "$prep_log.done"
-  setsid nohup bash -c "$python -m quantlab.serve --make-checkpoints --shape llama-3.1-8b > $prep_log 2>&1; \
-    echo \$? > $prep_log.done" > /dev/null 2>&1 &
-  echo "making checkpoints in the background: $prep_log"
+  background prep make-checkpoints-now
 }
 
 serve_step() {  # defaults: every checkpoint of quantlab.serve.vllm_checkpoints that is cached, 128 new tokens each
   need_installed vllm
   local start=$SECONDS
-  if [ -f "$prep_log" ]; then  # make-checkpoints ran in an earlier call: wait for it (no GPU shared with the
-    while [ ! -f "$prep_log.done" ]; do sleep 2; done  # measurements), keep its log
-    cp "$prep_log" "$out/make-checkpoints.log"
-    echo "make-checkpoints rc=$(cat "$prep_log.done") waited=$((SECONDS - start))" | tee -a "$out/steps.txt"
+  if [ -d "$jobs_dir/prep.lock" ]; then  # make-checkpoints ran in an earlier call: wait for it (no GPU shared
+    wait_job prep 100000 > /dev/null  # with the measurements), keep its log
+    cp "$jobs_dir/prep.log" "$out/make-checkpoints.log"
+    echo "make-checkpoints rc=$(cat "$jobs_dir/prep.rc") waited=$((SECONDS - start))" | tee -a "$out/steps.txt"
   fi
   step "serve${TAG:-}" "$(( ${SERVE_LIMIT:-560} - (SECONDS - start) ))" "$python" -m quantlab.serve --engine vllm \
     --out "$out/serve${TAG:-}" "${@:---series}"
@@ -140,6 +174,9 @@ unit() {
 notebooks() {  # TAG=-b names a second batch (notebooks-b.log, notebooks-b.xml), to run beside another step
   step "notebooks${TAG:-}" "${NOTEBOOK_LIMIT:-560}" "$python" -m pytest -q -p no:cacheprovider --durations=30 \
     --junitxml="$out/notebooks${TAG:-}.xml" --nbval-lax --nbval-current-env "${@:-notebooks/*.ipynb}"
+  # what the notebooks wrote beside themselves (notebooks/12's server logs and load-test rows), less the models
+  [ -d notebooks/results ] && (cd notebooks && find results -type f \( -name '*.json' -o -name '*.md' -o -name '*.log' \) \
+    -size -20M | tar -czf "$out/notebook-results${TAG:-}.tgz" -T -)
   keep_kernels
 }
 
@@ -166,6 +203,10 @@ case "$command" in
   suite) need_installed c; describe_machine; unit; notebooks; compare ;;
   install-vllm-[0-9]*) install_vllm "${command#install-vllm-}" ;;
   make-checkpoints) make_checkpoints ;;
+  make-checkpoints-now) need_installed b; "$python" -m quantlab.serve --make-checkpoints --shape llama-3.1-8b ;;
+  background) background "$@" ;;
+  wait) wait_job "$@" ;;
+  collect) collect ;;
   serve) [ -f "$out/env.txt" ] || describe_machine; serve_step "$@" ;;
   *) sed -n '2,23p' "$0"; exit 2 ;;
 esac

@@ -1,0 +1,61 @@
+"""The GPU runner's own tools (tests/gpu_runner/README.md): background jobs of run.sh, and the tables record.py
+writes from vllm_offline.py's results. They run on the runner only, so their logic is checked here."""
+
+import importlib.util
+import subprocess
+from pathlib import Path
+
+import pytest
+
+RUNNER = Path(__file__).parent / "gpu_runner"
+REPO = Path(__file__).parents[1]
+
+
+def _module(name: str):
+    spec = importlib.util.spec_from_file_location(name, RUNNER / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _run_sh(*args: str, jobs: Path) -> subprocess.CompletedProcess:
+    return subprocess.run(["bash", str(RUNNER / "run.sh"), *args], cwd=REPO, capture_output=True, text=True,
+                          env={"PATH": "/usr/bin:/bin", "QUANTLAB_JOBS": str(jobs), "OUT": str(jobs / "out"),
+                               "QUANTLAB_STAGE": str(jobs / "stage")},
+                          timeout=120)
+
+
+def test_a_background_job_runs_once_from_its_own_copy_and_wait_returns_its_status(tmp_path):
+    jobs = tmp_path / "jobs"
+    # the job's step waits for a job that does not exist: it ends at once with status 3
+    first = _run_sh("background", "j1", "wait", "no-such-job", jobs=jobs)
+    assert "started in the background" in first.stdout, first.stdout + first.stderr
+    again = _run_sh("background", "j1", "wait", "no-such-job", jobs=jobs)
+    assert "started on this machine already" in again.stdout
+    waited = _run_sh("wait", "j1", "60", jobs=jobs)
+    assert waited.returncode == 3 and "job j1 rc=3" in waited.stdout, waited.stdout
+    assert (jobs / "j1.checkout" / "tests" / "gpu_runner" / "run.sh").is_file()
+    assert not (jobs / "j1.checkout" / ".git").exists()
+    assert "no job no-such-job on this machine" in (jobs / "j1.log").read_text()
+
+
+def test_waiting_for_a_job_never_started_says_so(tmp_path):
+    result = _run_sh("wait", "never", jobs=tmp_path / "jobs")
+    assert result.returncode == 3 and "no job never on this machine" in result.stdout
+
+
+@pytest.mark.parametrize("line, ms", [("Self CUDA time total: 567.890us", 0.56789),
+                                      ("Self CUDA time total: 12.5ms", 12.5), ("Self CUDA time total: 1.5s", 1500.0),
+                                      ("Self CPU time total: 3ms", None)])
+def test_the_profilers_cuda_total_is_read_in_ms(line, ms):
+    assert _module("vllm_offline")._cuda_ms_total(f"table\n{line}\n") == ms
+
+
+def test_offline_table_puts_the_kernel_share_on_the_profiled_batch_and_names_errors():
+    row = {"label": "fp16", "profile": {"batch": 1, "cuda_kernel_ms_per_step": 0.6},
+           "points": [{"batch": b, "decode_ms_per_step": ms, "min_ms": ms, "max_ms": ms, "output_tok_s": b / ms * 1e3,
+                       "prefill_ms": 5.0} for b, ms in ((1, 1.2), (64, 2.4))]}
+    lines = _module("record").offline_table([row, {"label": "GPTQ", "error": "Traceback\nValueError: no kernel"}])
+    body = lines.splitlines()[2:]
+    assert "| 0.60 | 50% |" in body[0] and "%" not in body[1]
+    assert body[2].startswith("| GPTQ |") and "ValueError: no kernel" in body[2]
