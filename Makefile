@@ -18,7 +18,7 @@ OUT        ?= results
 TEST_ENV := HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 MPLBACKEND=Agg PYTHONHASHSEED=0 HF_HUB_DISABLE_PROGRESS_BARS=1 \
 	TQDM_DISABLE=1
 
-.PHONY: install run test unit notebooks lint sync execute clean colab runtimes
+.PHONY: install run test unit notebooks lint sync execute clean colab runtimes package
 
 install: $(STAMP)
 
@@ -69,6 +69,12 @@ execute: $(STAMP)
 runtimes: $(STAMP)
 	$(BIN)/python docs/runtimes.py
 	$(BIN)/jupytext --sync notebooks/*.py
+
+# Write the package's copy of the notebooks' from-scratch code: every code cell tagged "save" goes, as it stands,
+# into its module of quantlab/ (tests/notebook_code.py's SAVED_MODULES; tests/test_saved_modules.py fails while
+# one is out of date).
+package: $(STAMP)
+	$(BIN)/python tests/notebook_code.py
 
 # Regenerate the Colab copies colab/NN_slug.ipynb from notebooks/NN_slug.ipynb (tests/test_colab.py fails
 # while they are out of date). colab/check_install.sh checks their install cell in a Colab-like venv.

@@ -21,7 +21,8 @@
 # **What you will learn**
 # - what GPTQ minimizes, and how it gets there: the Hessian of the layer's inputs, one column at a time,
 #   each column's rounding error pushed onto the columns not yet quantized;
-# - GPTQ in 40 lines of PyTorch (`quantlab/gptq.py`), run on one real layer of the model and checked against
+# - GPTQ in 40 lines of PyTorch in this notebook's cells (the package's `quantlab/gptq.py` is copied from them), run
+#   on one real layer of the model and checked against
 #   gptqmodel's own GPTQ on the same inputs;
 # - what bits, group size, damping and act-order change, measured on that layer;
 # - the real thing, ready to copy: transformers' `GPTQConfig` with offline calibration text, save, reload,
@@ -29,7 +30,7 @@
 #
 # | runtime | CPU (2 cores) | GPU |
 # |---|---|---|
-# | this notebook | 5.2 min (the committed run, 2-core CPU, 2026-12-04) | 1.9 min (nbval on an NVIDIA H200, 2026-11-28) |
+# | this notebook | 5.8 min (the committed run, 2-core CPU, 2026-12-04) | 1.9 min (nbval on an NVIDIA H200, 2026-11-28) |
 #
 # Every number in this series is measured when you run the cell, on your hardware. Nothing is typed in.
 
@@ -161,30 +162,176 @@ EVAL_TOKENS, EVAL_SEQ_LEN = (32768, 512) if ON_GPU else (2048, 512)
 
 # %% [markdown]
 # ## 2. GPTQ from scratch
-# The whole algorithm is `quantlab.gptq.gptq_quantize`: Cholesky factor of the damped $H^{-1}$, blocks of 128
-# columns, a min-max grid per group (or per row), the OBS update inside the block and the lazy update after it.
-# It follows Algorithm 1 of the paper and the authors' reference code (IST-DASLab/gptq).
+# The code of this section is the series' GPTQ: the cells tagged `save` are copied, as they stand, into
+# `quantlab/gptq.py` (`make package`), which `quantlab compare` and the tests use. Edit a cell and run it again to
+# try a change here; `make package` makes it the package's.
+#
+# First the grid. It is asymmetric min-max, as in the paper: per row (and group) the range from the smallest to the
+# largest weight, always including 0 (as in the reference code, so that 0.0 stays exact), cut into $2^{bits}-1$
+# steps; `zero` is the integer code that stands for 0.0. Round to nearest (RTN) on that grid, every weight on its
+# own, is the control GPTQ has to beat.
 
-# %%
-import inspect
+# %% tags=["save"]
+import torch
 
-from quantlab import gptq
+from quantlab.errors import QuantlabError, check_bits, check_group_size, check_non_negative, check_positive_int
 
-print(inspect.getsource(gptq.gptq_quantize))
+
+def min_max_grid(weights: torch.Tensor, bits: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Asymmetric grid per row of ``weights`` [rows, cols]: ``(scale, zero)``, each [rows, 1]; integer codes are
+    ``0 .. 2**bits - 1`` and ``zero`` is the code that means 0.0 (notebooks/03_gptq)."""
+    low = weights.min(dim=1, keepdim=True).values.clamp(max=0)
+    high = weights.max(dim=1, keepdim=True).values.clamp(min=0)
+    flat = (low == 0) & (high == 0)
+    low, high = torch.where(flat, -1.0, low), torch.where(flat, 1.0, high)
+    scale = (high - low) / (2**bits - 1)
+    return scale, torch.round(-low / scale)
+
+
+def fake_quantize(weights: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor, bits: int) -> torch.Tensor:
+    """Round to the grid and map back to floats: ``scale * (clamp(round(w / scale) + zero) - zero)``."""
+    codes = torch.clamp(torch.round(weights / scale) + zero, 0, 2**bits - 1)
+    return scale * (codes - zero)
+
+
+def _matrix(weight: torch.Tensor) -> torch.Tensor:
+    """``weight`` as float32 [out_features, in_features], or a QuantlabError saying it is not a matrix."""
+    if weight.ndim != 2:
+        raise QuantlabError(f"GPTQ quantizes a Linear weight [out_features, in_features]; this one has shape "
+                            f"{tuple(weight.shape)}. Pass layer.weight of a torch.nn.Linear.")
+    return weight.detach().float()
+
+
+def rtn_quantize(weight: torch.Tensor, bits: int = 4, group_size: int | None = 128) -> torch.Tensor:
+    """Round to nearest on GPTQ's grid: one min-max grid per row and group of ``group_size`` columns
+    (``None``: per row), every weight rounded on its own. Returns the dequantized float32 weight."""
+    bits, group_size = check_bits(bits), check_group_size(group_size)
+    w = _matrix(weight)
+    step = group_size or w.shape[1]
+    return torch.cat([fake_quantize(g, *min_max_grid(g, bits), bits) for g in w.split(step, dim=1)], dim=1)
+
 
 # %% [markdown]
-# The grid is asymmetric min-max, as in the paper: per row (and group) the range from the smallest to the largest
-# weight, always including 0, cut into $2^{bits}-1$ steps; `zero` is the integer code that stands for 0.0.
+# Then GPTQ itself (Frantar et al. 2022, arXiv:2210.17323), Algorithm 1 of the paper as the authors' reference code
+# (IST-DASLab/gptq) runs it. It minimizes $\lVert WX - \hat W X\rVert^2$, which sees the inputs $X$ only through
+# the Hessian $H = 2XX^\top$: the upper Cholesky factor $U$ of the damped $H^{-1}$; then, in blocks of 128 columns,
+# quantize one column, divide its rounding error by $U_{ii}$ and spread it over the block's later columns (the OBS
+# update); once a block is done, update all later columns at once (the "lazy batch"). With groups, each group's
+# grid comes from the weights as they stand when the group starts, already corrected by the columns before it.
 
-# %%
-print(inspect.getsource(gptq.min_max_grid))
-print(inspect.getsource(gptq.fake_quantize))
+# %% tags=["save"]
+def inverse_hessian_factor(h: torch.Tensor, damp_percent: float) -> torch.Tensor:
+    """Upper Cholesky factor ``U`` of ``(H + λI)⁻¹`` with ``λ = damp_percent * mean(diag H)``: row ``i`` (from
+    column ``i`` on) is what the OBS update needs when column ``i`` is quantized after all columns before it."""
+    h = h.clone()
+    h.diagonal().add_(damp_percent * h.diagonal().mean())
+    try:
+        return torch.linalg.cholesky(torch.cholesky_inverse(torch.linalg.cholesky(h)), upper=True)
+    except torch.linalg.LinAlgError as err:
+        raise QuantlabError(
+            f"The damped Hessian is not positive definite (damp_percent={damp_percent}): {err}. Raise damp_percent "
+            "(the libraries use 0.01 to 0.1), or calibrate on more tokens."
+        ) from err
+
+
+def _check_gptq_arguments(w: torch.Tensor, h: torch.Tensor, damp_percent, block_size) -> None:
+    in_features = w.shape[1]
+    if tuple(h.shape) != (in_features, in_features):
+        raise QuantlabError(
+            f"The Hessian must be [in_features, in_features] = [{in_features}, {in_features}] for a weight of shape "
+            f"{tuple(w.shape)}; got {tuple(h.shape)}. Compute it from this layer's inputs: "
+            "hessian(layer_inputs(model, layer, token_ids))."
+        )
+    check_non_negative("damp_percent", damp_percent, "The libraries use 0.01.")
+    check_positive_int("block_size", block_size, "The reference code uses 128.")
+
+
+@torch.no_grad()
+def gptq_quantize(weight: torch.Tensor, h: torch.Tensor, bits: int = 4, group_size: int | None = 128,
+                  damp_percent: float = 0.01, block_size: int = 128, act_order: bool = False) -> torch.Tensor:
+    """GPTQ for one weight matrix [out_features, in_features] given the Hessian ``h`` [in, in] of its inputs.
+
+    ``group_size=None`` is one grid per output row; ``act_order`` quantizes the columns with the largest
+    ``diag(H)`` first (``desc_act`` in the libraries). Returns the dequantized float32 weight.
+    """
+    bits, group_size = check_bits(bits), check_group_size(group_size)
+    w = _matrix(weight).clone()
+    _check_gptq_arguments(w, h, damp_percent, block_size)
+    h = h.float().clone()
+    dead = h.diagonal() == 0  # inputs that are always 0: any weight is fine, use 0
+    h[dead, dead] = 1
+    w[:, dead] = 0
+    if act_order:
+        order = torch.argsort(h.diagonal(), descending=True)
+        w, h = w[:, order], h[order][:, order]
+    u = inverse_hessian_factor(h, damp_percent)
+    q = torch.zeros_like(w)
+    scale, zero = min_max_grid(w, bits)  # per row, replaced at every group start when grouping
+    n_cols = w.shape[1]
+    for start in range(0, n_cols, block_size):
+        end = min(start + block_size, n_cols)
+        block = w[:, start:end].clone()
+        errors = torch.zeros_like(block)
+        for i, col in enumerate(range(start, end)):
+            if group_size and col % group_size == 0:
+                # the group's grid comes from the weights as they stand when its block starts (as in the reference)
+                scale, zero = min_max_grid(w[:, col:col + group_size], bits)
+            q[:, col] = fake_quantize(block[:, i:i + 1], scale, zero, bits)[:, 0]
+            errors[:, i] = (block[:, i] - q[:, col]) / u[col, col]
+            block[:, i:] -= errors[:, i:i + 1] * u[col:col + 1, col:end]  # OBS update inside the block
+        w[:, end:] -= errors @ u[start:end, end:]  # lazy batch update of all later columns
+    if act_order:
+        q = q[:, torch.argsort(order)]
+    return q
+
 
 # %% [markdown]
 # ### Its inputs: one real layer
 # We load the model, take calibration sequences from the calibration text (Shakespeare's comedies, histories
 # and romances) and held-out sequences from the evaluation text (the tragedies), and record what `LAYER`
-# receives with a forward hook (`gptq.layer_inputs` stops the forward pass at the layer).
+# receives with a forward hook that stops the forward pass at the layer.
+
+# %% tags=["save"]
+import contextlib
+
+
+class _StopForward(Exception):
+    """Raised by :func:`layer_inputs`' hook: nothing after the layer needs to run."""
+
+
+@torch.no_grad()
+def layer_inputs(model, layer: torch.nn.Module, token_ids: torch.Tensor) -> torch.Tensor:
+    """The inputs [n_tokens, in_features] (float32, CPU) that ``layer`` receives while ``model`` reads each
+    row of ``token_ids`` [n_sequences, seq_len]. The forward pass stops at the layer."""
+    captured = []
+
+    def capture(module, args):
+        captured.append(args[0].detach().reshape(-1, args[0].shape[-1]).float().cpu())
+        raise _StopForward
+
+    handle = layer.register_forward_pre_hook(capture)
+    try:
+        for row in token_ids:
+            with contextlib.suppress(_StopForward):
+                model(row[None].to(model.device))
+    finally:
+        handle.remove()
+    return torch.cat(captured)
+
+
+def hessian(inputs: torch.Tensor) -> torch.Tensor:
+    """``H = 2 X Xᵀ / n`` from a layer's inputs ``[..., in_features]`` (n = number of tokens), float32. Dividing
+    by ``n`` changes nothing in GPTQ (damping is relative to H's diagonal); it keeps H readable."""
+    x = inputs.reshape(-1, inputs.shape[-1]).float()
+    return 2 * x.T @ x / x.shape[0]
+
+
+def relative_output_error(weight: torch.Tensor, quantized: torch.Tensor, inputs: torch.Tensor) -> float:
+    """``||W X - Ŵ X|| / ||W X||`` (Frobenius) over the tokens in ``inputs`` [..., in_features]."""
+    x = inputs.reshape(-1, inputs.shape[-1]).float()
+    reference = x @ weight.detach().float().T
+    return ((x @ quantized.float().T - reference).norm() / reference.norm()).item()
+
 
 # %%
 from quantlab import data
@@ -195,14 +342,14 @@ weight = layer.weight.detach().float().cpu()
 
 calibration_ids = data.calibration_token_ids(tokenizer, CALIB_SAMPLES, CALIB_SEQ_LEN)
 held_out_ids = data.eval_token_ids(tokenizer, EVAL_TOKENS).view(-1, EVAL_SEQ_LEN)
-x_calibration = gptq.layer_inputs(model, layer, calibration_ids)
-x_held_out = gptq.layer_inputs(model, layer, held_out_ids)
-hessian = gptq.hessian(x_calibration)
+x_calibration = layer_inputs(model, layer, calibration_ids)
+x_held_out = layer_inputs(model, layer, held_out_ids)
+h_calibration = hessian(x_calibration)
 
 # %%
 print(f"{LAYER}: weight {tuple(weight.shape)} (outputs × inputs)")
 print(f"calibration inputs {tuple(x_calibration.shape)}, held-out inputs {tuple(x_held_out.shape)} (tokens × inputs)")
-print(f"Hessian {tuple(hessian.shape)}")
+print(f"Hessian {tuple(h_calibration.shape)}")
 
 # %% [markdown]
 # Now quantize the layer both ways, on the same grid (4 bits, groups of 128, asymmetric), and compare the
@@ -213,11 +360,11 @@ print(f"Hessian {tuple(hessian.shape)}")
 from quantlab.evaluate import timed
 
 with timed() as t_gptq:
-    w_gptq = gptq.gptq_quantize(weight, hessian, BITS, GROUP_SIZE, DAMP_PERCENT)
-w_rtn = gptq.rtn_quantize(weight, BITS, GROUP_SIZE)
+    w_gptq = gptq_quantize(weight, h_calibration, BITS, GROUP_SIZE, DAMP_PERCENT)
+w_rtn = rtn_quantize(weight, BITS, GROUP_SIZE)
 
 errors = {
-    name: {split: gptq.relative_output_error(weight, w, x) for split, x in
+    name: {split: relative_output_error(weight, w, x) for split, x in
            (("calibration", x_calibration), ("held-out", x_held_out))}
     for name, w in (("RTN", w_rtn), ("GPTQ (from scratch)", w_gptq))
 }
@@ -263,7 +410,7 @@ w_gptqmodel = reference.quantize()[0]
 
 # %%
 # NBVAL_CHECK_OUTPUT
-gptqmodel_error = gptq.relative_output_error(weight, w_gptqmodel, x_held_out)
+gptqmodel_error = relative_output_error(weight, w_gptqmodel, x_held_out)
 print("held-out error within 10% of gptqmodel's:", abs(gptq_error - gptqmodel_error) <= 0.1 * gptqmodel_error)
 
 # %% tags=["nbval-ignore-output"]
@@ -288,10 +435,10 @@ sweep = []
 for bits in (3, 4, 8):
     for group_size in (32, 128, None):
         bits_per_weight = memory.int_format(bits, group_size).bits_per_weight(weight.shape[1])
-        quantized_weights = {"GPTQ": gptq.gptq_quantize(weight, hessian, bits, group_size, DAMP_PERCENT),
-                             "RTN": gptq.rtn_quantize(weight, bits, group_size)}
+        quantized_weights = {"GPTQ": gptq_quantize(weight, h_calibration, bits, group_size, DAMP_PERCENT),
+                             "RTN": rtn_quantize(weight, bits, group_size)}
         for method, w in quantized_weights.items():
-            error = gptq.relative_output_error(weight, w, x_held_out)
+            error = relative_output_error(weight, w, x_held_out)
             sweep.append({"bits": bits, "group_size": group_size, "bpw": bits_per_weight, "method": method,
                           "error": error})
 print(f"{'bits':>4s} {'group':>7s} {'bits/weight':>11s} {'RTN':>8s} {'GPTQ':>8s}")
@@ -427,7 +574,7 @@ rtn_model = AutoModelForCausalLM.from_pretrained(source.path, dtype=DTYPE, devic
 with torch.no_grad():
     for name, module in rtn_model.named_modules():
         if memory.is_quantized_by_default(name, module):  # every Linear but the output head, as GPTQ
-            module.weight.copy_(gptq.rtn_quantize(module.weight, BITS, GROUP_SIZE))
+            module.weight.copy_(rtn_quantize(module.weight, BITS, GROUP_SIZE))
 
 perplexities = {}
 for name, m in (("baseline", model), ("RTN int4 g128", rtn_model), ("GPTQ int4 g128", gptq_model)):
@@ -471,9 +618,9 @@ print("GPTQ closer to the baseline than RTN:", ppl["GPTQ int4 g128"] < ppl["RTN 
 # ## Exercises
 # 1. Quantize the layer again with `GPTQConfig`'s default damping, `damp_percent=0.1`. What is the held-out
 #    relative output error?
-# 2. Turn on act-order (`act_order=True` in `gptq.gptq_quantize`, with `DAMP_PERCENT`). Held-out error?
+# 2. Turn on act-order (`act_order=True` in `gptq_quantize`, with `DAMP_PERCENT`). Held-out error?
 # 3. Calibrate on the first 4 calibration sequences only (a quarter of the tokens): recompute the Hessian from
-#    `gptq.layer_inputs(model, layer, calibration_ids[:4])`, quantize with `DAMP_PERCENT`. Held-out error?
+#    `layer_inputs(model, layer, calibration_ids[:4])`, quantize with `DAMP_PERCENT`. Held-out error?
 #    Compare it with the full-calibration error and with RTN.
 
 # %%
@@ -489,12 +636,12 @@ from quantlab.exercises import check
 
 
 def held_out_error(h, **kwargs):
-    return gptq.relative_output_error(weight, gptq.gptq_quantize(weight, h, BITS, GROUP_SIZE, **kwargs), x_held_out)
+    return relative_output_error(weight, gptq_quantize(weight, h, BITS, GROUP_SIZE, **kwargs), x_held_out)
 
 
-check("exercise 1", error_damp_0_1, held_out_error(hessian, damp_percent=0.1))
-check("exercise 2", error_act_order, held_out_error(hessian, damp_percent=DAMP_PERCENT, act_order=True))
-quarter_hessian = gptq.hessian(gptq.layer_inputs(model, layer, calibration_ids[:4]))
+check("exercise 1", error_damp_0_1, held_out_error(h_calibration, damp_percent=0.1))
+check("exercise 2", error_act_order, held_out_error(h_calibration, damp_percent=DAMP_PERCENT, act_order=True))
+quarter_hessian = hessian(layer_inputs(model, layer, calibration_ids[:4]))
 check("exercise 3", error_quarter_calibration, held_out_error(quarter_hessian, damp_percent=DAMP_PERCENT))
 
 

@@ -27,7 +27,7 @@
 #
 # | runtime | CPU (2 cores) | GPU |
 # |---|---|---|
-# | this notebook | 42 s (the committed run, 2-core CPU, 2026-12-04) | 32 s (nbval on an NVIDIA H200, 2026-11-28) |
+# | this notebook | 35 s (the committed run, 2-core CPU, 2026-12-04) | 32 s (nbval on an NVIDIA H200, 2026-11-28) |
 #
 # Every number in this series is measured when you run the cell, on your hardware. Nothing is typed in.
 
@@ -226,16 +226,45 @@ print(f"qweight[0, 0] = 0x{word:08X}")
 print("codes of inputs 0..7:", [(word >> (bits * j)) & (2**bits - 1) for j in range(32 // bits)])
 
 # %% [markdown]
-# `quantlab.gptq.unpack_int32` does the same for a whole tensor with torch bit shifts, and `dequantize_gptq`
-# applies $W_{o,k} = \text{scale}_{g,o} \cdot (\text{code}_{k,o} - \text{zero}_{g,o})$ with $g$ = `g_idx[k]`:
+# `unpack_int32` does the same for a whole tensor with torch bit shifts, and `dequantize_gptq` applies
+# $W_{o,k} = \text{scale}_{g,o} \cdot (\text{code}_{k,o} - \text{zero}_{g,o})$ with $g$ = `g_idx[k]`. Like
+# notebook 03's GPTQ, this cell (tagged `save`) is the package's copy too: `make package` writes it into
+# `quantlab/gptq.py`.
 
-# %%
-import inspect
+# %% tags=["save"]
+import torch
 
-from quantlab import gptq
+from quantlab.errors import check_bits
 
-print(inspect.getsource(gptq.unpack_int32))
-print(inspect.getsource(gptq.dequantize_gptq))
+
+def unpack_int32(packed: torch.Tensor, bits: int, dim: int) -> torch.Tensor:
+    """Integer codes from int32 words holding ``32 // bits`` codes each, lowest bits first, along ``dim``
+    (notebooks/04_load_prequantized_gptq).
+
+    ``dim=0`` for ``qweight`` [in * bits / 32, out] and ``dim=1`` for ``qzeros`` [groups, out * bits / 32].
+    Code ``j`` of a word is ``(word >> (bits * j)) & (2**bits - 1)``.
+    """
+    bits = check_bits(bits, (2, 4, 8))  # 3-bit codes straddle words: another layout
+    shifts = torch.arange(0, 32, bits, dtype=torch.int32, device=packed.device)
+    if dim == 0:
+        codes = packed[:, None, :] >> shifts[None, :, None]  # [words, codes per word, cols]
+        return (codes & (2**bits - 1)).reshape(-1, packed.shape[1])
+    codes = packed[:, :, None] >> shifts[None, None, :]  # [rows, words, codes per word]
+    return (codes & (2**bits - 1)).reshape(packed.shape[0], -1)
+
+
+def dequantize_gptq(qweight: torch.Tensor, qzeros: torch.Tensor, scales: torch.Tensor, g_idx: torch.Tensor,
+                    bits: int = 4, zero_offset: int = 1) -> torch.Tensor:
+    """The float weight [out_features, in_features] that GPTQ tensors stand for, in ``scales``' dtype.
+
+    ``W[o, k] = scales[g, o] * (code[k, o] - zero[g, o])`` with ``g = g_idx[k]``. Files in the original
+    "gptq" (v1) format store every zero point minus 1 (``zero_offset=1``); "gptq_v2" stores it as is (0).
+    """
+    codes = unpack_int32(qweight, bits, dim=0)
+    zeros = unpack_int32(qzeros, bits, dim=1)[:, :scales.shape[1]] + zero_offset
+    group = g_idx.long()
+    return (scales[group] * (codes - zeros[group]).to(scales.dtype)).T
+
 
 # %% [markdown]
 # ### One group, by hand
@@ -243,8 +272,8 @@ print(inspect.getsource(gptq.dequantize_gptq))
 
 # %%
 # NBVAL_CHECK_OUTPUT
-codes = gptq.unpack_int32(qweight, bits, dim=0)  # [inputs, outputs]
-zeros = gptq.unpack_int32(qzeros, bits, dim=1)  # [groups, outputs]
+codes = unpack_int32(qweight, bits, dim=0)  # [inputs, outputs]
+zeros = unpack_int32(qzeros, bits, dim=1)  # [groups, outputs]
 rows = (g_idx == 0).nonzero()[:, 0]
 print(f"codes {tuple(codes.shape)}, zero points {tuple(zeros.shape)}, group 0 has {len(rows)} inputs")
 print(f"codes lie in 0..{2**bits - 1}:", bool(codes.min() >= 0 and codes.max() < 2**bits))
@@ -281,7 +310,7 @@ reference = AutoModelForCausalLM.from_pretrained(
 
 # %%
 # NBVAL_CHECK_OUTPUT
-by_hand = gptq.dequantize_gptq(qweight, qzeros, scales, g_idx, bits, zero_offset)
+by_hand = dequantize_gptq(qweight, qzeros, scales, g_idx, bits, zero_offset)
 by_gptqmodel = reference.get_submodule(LAYER).dequantize_weight().T
 print(f"by hand {tuple(by_hand.shape)} {by_hand.dtype}, gptqmodel {tuple(by_gptqmodel.shape)} {by_gptqmodel.dtype}")
 print("identical:", torch.equal(by_hand, by_gptqmodel))

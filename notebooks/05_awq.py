@@ -22,7 +22,8 @@
 # - why quantization should be *activation-aware*: a few input channels of a layer carry much larger
 #   activations than the rest, measured here on a real layer;
 # - AWQ's trick: scale those weight columns up before rounding, the activations down (folded into the previous
-#   operation), with the scale found by a 20-point grid search (`quantlab/awq.py`, about 30 lines);
+#   operation), with the scale found by a 20-point grid search, about 30 lines in this notebook's cells (the package's
+#   `quantlab/awq.py` is copied from them);
 # - how that compares with plain rounding (RTN) and with GPTQ on the same layer;
 # - the real thing, ready to copy: gptqmodel's `AWQConfig` (autoawq is deprecated), save, load back with
 #   transformers, generate, and perplexity and speed next to GPTQ;
@@ -32,7 +33,7 @@
 #
 # | runtime | CPU (2 cores) | GPU |
 # |---|---|---|
-# | this notebook | 3.0 min (the committed run, 2-core CPU, 2026-12-04) | 8.0 min (nbval on an NVIDIA H200, 2026-11-28) |
+# | this notebook | 3.2 min (the committed run, 2-core CPU, 2026-12-04) | 8.0 min (nbval on an NVIDIA H200, 2026-11-28) |
 #
 # Every number in this series is measured when you run the cell, on your hardware. Nothing is typed in.
 
@@ -135,8 +136,21 @@ print(f"group size: {GROUP_SIZE}")
 # amplified. Round-to-nearest treats all columns alike. Let us measure $\overline{|x_j|}$, the mean absolute
 # input of every channel, on `LAYER`, with a forward hook (`quantlab.gptq.layer_inputs`, from notebook 03).
 
+# %% tags=["save"]
+import torch
+
+from quantlab import gptq
+from quantlab.errors import QuantlabError
+
+
+def input_magnitude(inputs: torch.Tensor) -> torch.Tensor:
+    """Mean absolute activation of every input channel: ``mean |x|`` over the tokens of ``inputs`` [..., in]
+    (notebooks/05_awq)."""
+    return inputs.reshape(-1, inputs.shape[-1]).float().abs().mean(dim=0)
+
+
 # %% tags=["nbval-ignore-output"]
-from quantlab import awq, data, gptq
+from quantlab import data
 
 model, tokenizer = models.load(MODEL_ID)
 layer = model.get_submodule(LAYER)
@@ -146,7 +160,7 @@ calibration_ids = data.calibration_token_ids(tokenizer, CALIB_SAMPLES, CALIB_SEQ
 held_out_ids = data.eval_token_ids(tokenizer, HELD_OUT_TOKENS).view(-1, 512)
 x_calibration = gptq.layer_inputs(model, layer, calibration_ids)
 x_held_out = gptq.layer_inputs(model, layer, held_out_ids)
-magnitude = awq.input_magnitude(x_calibration)
+magnitude = input_magnitude(x_calibration)
 
 # %%
 # NBVAL_CHECK_OUTPUT
@@ -189,23 +203,80 @@ plt.show()
 # 0.95, keeping the one with the smallest output error
 # $\lVert Q(W\,\mathrm{diag}(s))\,(\mathrm{diag}(s)^{-1}X) - WX\rVert$ on calibration inputs. Too large an
 # $\alpha$ hurts the other channels, whose weights then share a grid stretched by the scaled-up columns.
+#
+# The cell below is the series' AWQ search (tagged `save`: `make package` copies it into `quantlab/awq.py`, which
+# `quantlab compare` and the tests use). The quantizer is notebook 03's `rtn_quantize` (asymmetric min-max grid
+# per group, `quantlab.gptq`). The authors' code (mit-han-lab/llm-awq, `auto_scale.py`) also searches a clipping
+# range for every group afterwards; that step is left out here.
 
-# %%
-import inspect
+# %% tags=["save"]
+ALPHA_GRID = tuple(i / 20 for i in range(20))  # 0, 0.05, ..., 0.95
 
-print(inspect.getsource(awq.scales_for))
-print(inspect.getsource(awq.quantize_scaled))
-print(inspect.getsource(awq.search_scales))
+
+def scales_for(magnitude: torch.Tensor, alpha: float) -> torch.Tensor:
+    """``s = magnitude^α``, normalized so that ``max(s) * min(s) = 1`` (as in llm-awq; only ratios matter)."""
+    s = magnitude.pow(alpha).clamp(min=1e-4)
+    return s / (s.max() * s.min()).sqrt()
+
+
+def _check_width(weight: torch.Tensor, per_input: torch.Tensor, name: str) -> None:
+    """``per_input`` must have one value (or column) per input channel of ``weight`` [out, in]."""
+    if weight.ndim != 2 or per_input.ndim == 0 or per_input.shape[-1] != weight.shape[-1]:
+        raise QuantlabError(
+            f"{name} of shape {tuple(per_input.shape)} do not fit a weight of shape {tuple(weight.shape)}: AWQ needs "
+            f"one value per input channel, a last axis of {weight.shape[-1]}. Use this layer's own inputs "
+            "(gptq.layer_inputs(model, layer, token_ids)) and the scales search_scales finds for them."
+        )
+
+
+def quantize_scaled(weight: torch.Tensor, scales: torch.Tensor, bits: int = 4, group_size: int | None = 128):
+    """``Q(W diag(s)) diag(s)⁻¹``: the float weight that the scaled, quantized layer applies to the unscaled
+    input (the division by ``s`` stands for the folding into the previous operation)."""
+    _check_width(weight, scales, "scales")
+    w = weight.detach().float()
+    return gptq.rtn_quantize(w * scales, bits, group_size) / scales
+
+
+def output_error(weight: torch.Tensor, quantized: torch.Tensor, inputs: torch.Tensor) -> float:
+    """``||Ŵ X - W X||`` (Frobenius), what the search minimizes; ``gptq.relative_output_error`` is the relative
+    version."""
+    x = inputs.reshape(-1, inputs.shape[-1]).float()
+    return (x @ (quantized.float() - weight.detach().float()).T).norm().item()
+
+
+@torch.no_grad()
+def search_scales(weight: torch.Tensor, inputs: torch.Tensor, bits: int = 4, group_size: int | None = 128,
+                  alphas=ALPHA_GRID) -> tuple[torch.Tensor, float, list[float]]:
+    """AWQ's grid search for one layer: the best scales, their α, and the output error of every α.
+    Runs in float32 where ``inputs`` are (``gptq.layer_inputs`` gives them on the CPU, whatever the model's device)."""
+    _check_width(weight, inputs, "inputs")
+    if not len(alphas):
+        raise QuantlabError("alphas is empty: give at least one exponent to try (ALPHA_GRID: 0 to 0.95).")
+    weight = weight.detach().float().to(inputs.device)
+    magnitude = input_magnitude(inputs)
+    errors = [output_error(weight, quantize_scaled(weight, scales_for(magnitude, a), bits, group_size), inputs)
+              for a in alphas]
+    best = min(range(len(alphas)), key=errors.__getitem__)
+    return scales_for(magnitude, alphas[best]), alphas[best], errors
+
+
+def awq_quantize(weight: torch.Tensor, inputs: torch.Tensor, bits: int = 4,
+                 group_size: int | None = 128) -> torch.Tensor:
+    """AWQ for one layer: search the scales on ``inputs`` and return ``Q(W diag(s)) diag(s)⁻¹`` (float32)."""
+    weight = weight.detach().float().to(inputs.device)
+    scales, _, _ = search_scales(weight, inputs, bits, group_size)
+    return quantize_scaled(weight, scales, bits, group_size)
+
 
 # %% tags=["nbval-ignore-output"]
 from quantlab.evaluate import timed
 
 with timed() as t_search:
-    scales, best_alpha, search_errors = awq.search_scales(weight, x_calibration, BITS, GROUP_SIZE)
+    scales, best_alpha, search_errors = search_scales(weight, x_calibration, BITS, GROUP_SIZE)
 print(f"20 candidate scales tried in {t_search.seconds:.2f} s; best alpha = {best_alpha:.2f}")
 
 fig, ax = plt.subplots(figsize=(6, 3.5))
-ax.plot(awq.ALPHA_GRID, search_errors, marker="o")
+ax.plot(ALPHA_GRID, search_errors, marker="o")
 ax.axvline(best_alpha, color="tab:red", linestyle="--", label=f"best alpha {best_alpha:.2f}")
 ax.set(xlabel="alpha", ylabel="output error on calibration inputs", title=f"{LAYER}: AWQ grid search")
 ax.legend()
@@ -242,7 +313,7 @@ print("same q_proj output after folding:", torch.allclose(original_out, folded_o
 
 # %% tags=["nbval-ignore-output"]
 w_rtn = gptq.rtn_quantize(weight, BITS, GROUP_SIZE)
-w_awq = awq.quantize_scaled(weight, scales, BITS, GROUP_SIZE)
+w_awq = quantize_scaled(weight, scales, BITS, GROUP_SIZE)
 w_gptq = gptq.gptq_quantize(weight, gptq.hessian(x_calibration), BITS, GROUP_SIZE, damp_percent=0.01)
 layer_errors = {name: gptq.relative_output_error(weight, w, x_held_out)
                 for name, w in (("RTN", w_rtn), ("AWQ (from scratch)", w_awq), ("GPTQ (from scratch)", w_gptq))}
@@ -488,13 +559,13 @@ alpha_up_proj = None  # exercise 3
 # Self-check; the solutions are in notebooks/solutions/05_awq.py
 from quantlab.exercises import check
 
-w_half = awq.quantize_scaled(weight, awq.scales_for(magnitude, 0.5), BITS, GROUP_SIZE)
+w_half = quantize_scaled(weight, scales_for(magnitude, 0.5), BITS, GROUP_SIZE)
 check("exercise 1", error_alpha_half, gptq.relative_output_error(weight, w_half, x_held_out))
 check("exercise 2", error_awq_3bit,
-      gptq.relative_output_error(weight, awq.awq_quantize(weight, x_calibration, 3, GROUP_SIZE), x_held_out))
+      gptq.relative_output_error(weight, awq_quantize(weight, x_calibration, 3, GROUP_SIZE), x_held_out))
 up_proj = block.mlp.up_proj
 x_up = gptq.layer_inputs(model, up_proj, calibration_ids)
-check("exercise 3", alpha_up_proj, awq.search_scales(up_proj.weight, x_up, BITS, GROUP_SIZE)[1])
+check("exercise 3", alpha_up_proj, search_scales(up_proj.weight, x_up, BITS, GROUP_SIZE)[1])
 
 
 # %% [markdown]

@@ -28,7 +28,7 @@
 #
 # | runtime | CPU (2 cores) | GPU |
 # |---|---|---|
-# | this notebook | 7.4 min (the committed run, 2-core CPU, 2026-12-02) | 2.3 min (nbval on an NVIDIA H200, 2026-11-28) |
+# | this notebook | 2.3 min (the committed run, 2-core CPU, 2026-12-04) | 2.3 min (nbval on an NVIDIA H200, 2026-11-28) |
 #
 # Every number in this notebook is computed or measured when you run the cell. Nothing is typed in.
 
@@ -183,20 +183,104 @@ del gguf_model
 # %% [markdown]
 # ## 3. Block quantization from scratch: Q8_0 and Q4_0
 # GGML's simplest types cut every row into **blocks of 32 weights**. Each block stores one fp16 scale `d`
-# followed by its 32 codes; a weight is `code × d`. `quantlab.ggml` implements both in numpy, in a few lines each:
+# followed by its 32 codes; a weight is `code × d`. Both in numpy, a few lines each; these cells (tagged `save`)
+# are the package's copy too: `make package` writes them into `quantlab/gguf_blocks.py`.
 
-# %%
-import inspect
+# %% tags=["save"]
+import numpy as np
 
-print(inspect.getsource(ggml.quantize_q8_0))
+from quantlab.errors import QuantlabError
+
+BLOCK = 32  # weights per Q8_0 / Q4_0 block: one fp16 scale, then the 32 codes
+
+
+def _blocks(x: np.ndarray) -> np.ndarray:
+    """``x`` as float32 rows of one block each; the last axis must split into whole blocks."""
+    if x.ndim == 0 or x.shape[-1] % BLOCK:
+        raise QuantlabError(
+            f"GGML blocks hold {BLOCK} weights along the last axis, and shape {x.shape} does not split into "
+            f"them. Pad the rows to a multiple of {BLOCK}, or keep this tensor in F16 (as llama.cpp does)."
+        )
+    return x.astype(np.float32).reshape(-1, BLOCK)
+
+
+def _inverse(d: np.ndarray) -> np.ndarray:
+    """1/d in float32, and 0 where d is 0 (an all-zero block then gets all-zero codes)."""
+    return np.divide(np.float32(1), d, out=np.zeros_like(d), where=d != 0)
+
+
+def round_half_away(x: np.ndarray) -> np.ndarray:
+    """C's ``roundf``: halves go away from zero (numpy's ``np.round`` sends them to the even neighbour).
+
+    ``floor(|x| + 0.5)`` is not exact in float32 (0.49999997 + 0.5 rounds up to 1.0), so look at the
+    fraction instead, which float32 represents exactly.
+    """
+    whole = np.trunc(x)
+    return np.where(np.abs(x - whole) >= 0.5, whole + np.sign(x), whole)
+
+
+def _join(shape: tuple[int, ...], scale: np.ndarray, codes: np.ndarray) -> np.ndarray:
+    """Blocks laid out as GGML stores them: the fp16 scale's 2 bytes, then the packed codes."""
+    blocks = np.concatenate([scale.astype(np.float16).view(np.uint8), codes], axis=1)
+    return blocks.reshape(*shape[:-1], -1)
+
+
+def _split(data: np.ndarray, block_bytes: int) -> tuple[np.ndarray, np.ndarray, tuple[int, ...]]:
+    """Undo :func:`_join`: (float32 scale per block, code bytes, shape of the dequantized tensor)."""
+    data = np.asarray(data, dtype=np.uint8)
+    if data.ndim == 0 or data.shape[-1] % block_bytes:
+        raise QuantlabError(f"Rows of {data.shape[-1:]} bytes are not whole {block_bytes}-byte blocks.")
+    blocks = data.reshape(-1, block_bytes)
+    scale = blocks[:, :2].copy().view(np.float16).astype(np.float32)
+    return scale, blocks[:, 2:], (*data.shape[:-1], data.shape[-1] // block_bytes * BLOCK)
+
+
+def quantize_q8_0(x: np.ndarray) -> np.ndarray:
+    """Q8_0: per block of 32, scale ``d = max|x| / 127`` and int8 codes ``round(x * (1/d))``.
+
+    Multiplying by the reciprocal, as llama.cpp does, matters: ``x / d`` rounds to a different code for
+    about 1 weight in a million. 34 bytes per 32 weights (8.5 bits each). Returns uint8 with the last
+    axis in bytes.
+    """
+    blocks = _blocks(x)
+    d = np.abs(blocks).max(axis=1, keepdims=True) / np.float32(127)
+    codes = round_half_away(blocks * _inverse(d)).astype(np.int8)
+    return _join(x.shape, d, codes.view(np.uint8))
+
+
+def dequantize_q8_0(data: np.ndarray) -> np.ndarray:
+    """float32 weights back from Q8_0 bytes: code times the block's (fp16) scale."""
+    d, codes, shape = _split(data, 2 + BLOCK)
+    return (codes.view(np.int8) * d).reshape(shape)
+
 
 # %% [markdown]
 # Q8_0: `d = max|x| / 127`, codes `round(x / d)` in -127..127; 2 + 32 = 34 bytes per block, **8.5 bits per
 # weight**. Two details make it byte-exact with llama.cpp: C's `roundf` sends halves away from zero (numpy's
 # `np.round` sends them to the even neighbour), and llama.cpp multiplies by `1/d` rather than dividing by `d`.
 
-# %%
-print(inspect.getsource(ggml.quantize_q4_0))
+# %% tags=["save"]
+def quantize_q4_0(x: np.ndarray) -> np.ndarray:
+    """Q4_0: per block of 32, 4-bit codes 0..15 standing for -8..7 times the scale.
+
+    The scale maps the block's largest-magnitude weight, sign included, onto -8: int4 has one more
+    negative level than positive ones, and this way the extreme value uses it. Codes are
+    ``trunc(x * (1/d) + 8.5)`` (round half up, then shifted by 8), capped at 15. Two codes share a byte:
+    weight j in the low nibble, weight j + 16 in the high one. 18 bytes per 32 weights (4.5 bits each).
+    """
+    blocks = _blocks(x)
+    extreme = np.take_along_axis(blocks, np.abs(blocks).argmax(axis=1, keepdims=True), axis=1)
+    d = extreme / np.float32(-8)
+    codes = np.minimum(np.trunc(blocks * _inverse(d) + np.float32(8.5)), 15).astype(np.uint8)
+    return _join(x.shape, d, codes[:, : BLOCK // 2] | (codes[:, BLOCK // 2 :] << 4))
+
+
+def dequantize_q4_0(data: np.ndarray) -> np.ndarray:
+    """float32 weights back from Q4_0 bytes: (code - 8) times the block's (fp16) scale."""
+    d, packed, shape = _split(data, 2 + BLOCK // 2)
+    codes = np.concatenate([packed & 0x0F, packed >> 4], axis=1).astype(np.float32)
+    return ((codes - 8) * d).reshape(shape)
+
 
 # %% [markdown]
 # Q4_0: the scale maps the weight of largest magnitude, **sign included**, onto -8, the level int4 has one more of;
@@ -206,11 +290,11 @@ print(inspect.getsource(ggml.quantize_q4_0))
 # %%
 # NBVAL_CHECK_OUTPUT
 block = np.linspace(-1.0, 0.55, 32, dtype=np.float32)
-q4 = ggml.quantize_q4_0(block)
+q4 = quantize_q4_0(block)
 scale = q4[:2].view(np.float16)[0]
 print(f"{q4.nbytes} bytes; scale d = {float(scale):.6f} (= {block[0]} / -8)")
 print("codes:", np.concatenate([q4[2:] & 0x0F, q4[2:] >> 4]).tolist())
-print("max error:", round(float(np.abs(ggml.dequantize_q4_0(q4) - block).max()), 4), "(at most d/2)")
+print("max error:", round(float(np.abs(dequantize_q4_0(q4) - block).max()), 4), "(at most d/2)")
 
 # %% [markdown]
 # Now a real tensor: a query projection of the model, from its float checkpoint. The real library call is
@@ -224,7 +308,7 @@ checkpoint = models.resolve(MODEL_ID).path
 with safe_open(f"{checkpoint}/model.safetensors", framework="np") as f:
     weight = f.get_tensor("model.layers.0.self_attn.q_proj.weight").astype(np.float32)
 print("tensor shape", weight.shape)
-for name, ours in [("Q8_0", ggml.quantize_q8_0), ("Q4_0", ggml.quantize_q4_0)]:
+for name, ours in [("Q8_0", quantize_q8_0), ("Q4_0", quantize_q4_0)]:
     qtype = gguf.GGMLQuantizationType[name]
     theirs = gguf.quants.quantize(weight, qtype)
     mine = ours(weight)
@@ -236,8 +320,8 @@ for name, ours in [("Q8_0", ggml.quantize_q8_0), ("Q4_0", ggml.quantize_q4_0)]:
 
 # %%
 # NBVAL_CHECK_OUTPUT
-for name, quantize, dequantize in [("Q8_0", ggml.quantize_q8_0, ggml.dequantize_q8_0),
-                                   ("Q4_0", ggml.quantize_q4_0, ggml.dequantize_q4_0)]:
+for name, quantize, dequantize in [("Q8_0", quantize_q8_0, dequantize_q8_0),
+                                   ("Q4_0", quantize_q4_0, dequantize_q4_0)]:
     error = np.linalg.norm(dequantize(quantize(weight)) - weight) / np.linalg.norm(weight)
     print(f"{name}: relative error {error:.3f}")
 

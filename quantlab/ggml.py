@@ -1,8 +1,8 @@
 """GGUF by hand (introduced in notebooks/06_gguf): GGML block quantizers, a GGUF writer and a reader.
 
-* :func:`quantize_q8_0` / :func:`quantize_q4_0` and their dequantizers are from-scratch numpy versions
-  of llama.cpp's reference block quantizers; they give the same bytes as gguf-py's
-  ``gguf.quants.quantize`` (tests/test_ggml.py checks that, byte for byte).
+* The from-scratch block quantizers (Q8_0, Q4_0) are written in notebooks/06_gguf's cells and copied from there
+  into :mod:`quantlab.gguf_blocks`; they give the same bytes as gguf-py's ``gguf.quants.quantize``
+  (tests/test_ggml.py checks that, byte for byte).
 * :func:`write_gguf` turns a Llama-architecture checkpoint folder into a GGUF file with gguf-py's
   ``GGUFWriter``, the way llama.cpp's ``convert_hf_to_gguf.py`` does for the types gguf-py can quantize.
 * :func:`tensor_table` and :func:`file_bits_per_weight` show what is inside a GGUF file.
@@ -22,94 +22,6 @@ from typing import NamedTuple
 import numpy as np
 
 from quantlab.errors import QuantlabError
-
-BLOCK = 32  # weights per Q8_0 / Q4_0 block: one fp16 scale, then the 32 codes
-
-
-# --- reference block quantizers --------------------------------------------------------------------
-
-
-def _blocks(x: np.ndarray) -> np.ndarray:
-    """``x`` as float32 rows of one block each; the last axis must split into whole blocks."""
-    if x.ndim == 0 or x.shape[-1] % BLOCK:
-        raise QuantlabError(
-            f"GGML blocks hold {BLOCK} weights along the last axis, and shape {x.shape} does not split into "
-            f"them. Pad the rows to a multiple of {BLOCK}, or keep this tensor in F16 (as llama.cpp does)."
-        )
-    return x.astype(np.float32).reshape(-1, BLOCK)
-
-
-def _inverse(d: np.ndarray) -> np.ndarray:
-    """1/d in float32, and 0 where d is 0 (an all-zero block then gets all-zero codes)."""
-    return np.divide(np.float32(1), d, out=np.zeros_like(d), where=d != 0)
-
-
-def round_half_away(x: np.ndarray) -> np.ndarray:
-    """C's ``roundf``: halves go away from zero (numpy's ``np.round`` sends them to the even neighbour).
-
-    ``floor(|x| + 0.5)`` is not exact in float32 (0.49999997 + 0.5 rounds up to 1.0), so look at the
-    fraction instead, which float32 represents exactly.
-    """
-    whole = np.trunc(x)
-    return np.where(np.abs(x - whole) >= 0.5, whole + np.sign(x), whole)
-
-
-def _join(shape: tuple[int, ...], scale: np.ndarray, codes: np.ndarray) -> np.ndarray:
-    """Blocks laid out as GGML stores them: the fp16 scale's 2 bytes, then the packed codes."""
-    blocks = np.concatenate([scale.astype(np.float16).view(np.uint8), codes], axis=1)
-    return blocks.reshape(*shape[:-1], -1)
-
-
-def _split(data: np.ndarray, block_bytes: int) -> tuple[np.ndarray, np.ndarray, tuple[int, ...]]:
-    """Undo :func:`_join`: (float32 scale per block, code bytes, shape of the dequantized tensor)."""
-    data = np.asarray(data, dtype=np.uint8)
-    if data.ndim == 0 or data.shape[-1] % block_bytes:
-        raise QuantlabError(f"Rows of {data.shape[-1:]} bytes are not whole {block_bytes}-byte blocks.")
-    blocks = data.reshape(-1, block_bytes)
-    scale = blocks[:, :2].copy().view(np.float16).astype(np.float32)
-    return scale, blocks[:, 2:], (*data.shape[:-1], data.shape[-1] // block_bytes * BLOCK)
-
-
-def quantize_q8_0(x: np.ndarray) -> np.ndarray:
-    """Q8_0: per block of 32, scale ``d = max|x| / 127`` and int8 codes ``round(x * (1/d))``.
-
-    Multiplying by the reciprocal, as llama.cpp does, matters: ``x / d`` rounds to a different code for
-    about 1 weight in a million. 34 bytes per 32 weights (8.5 bits each). Returns uint8 with the last
-    axis in bytes.
-    """
-    blocks = _blocks(x)
-    d = np.abs(blocks).max(axis=1, keepdims=True) / np.float32(127)
-    codes = round_half_away(blocks * _inverse(d)).astype(np.int8)
-    return _join(x.shape, d, codes.view(np.uint8))
-
-
-def dequantize_q8_0(data: np.ndarray) -> np.ndarray:
-    """float32 weights back from Q8_0 bytes: code times the block's (fp16) scale."""
-    d, codes, shape = _split(data, 2 + BLOCK)
-    return (codes.view(np.int8) * d).reshape(shape)
-
-
-def quantize_q4_0(x: np.ndarray) -> np.ndarray:
-    """Q4_0: per block of 32, 4-bit codes 0..15 standing for -8..7 times the scale.
-
-    The scale maps the block's largest-magnitude weight, sign included, onto -8: int4 has one more
-    negative level than positive ones, and this way the extreme value uses it. Codes are
-    ``trunc(x * (1/d) + 8.5)`` (round half up, then shifted by 8), capped at 15. Two codes share a byte:
-    weight j in the low nibble, weight j + 16 in the high one. 18 bytes per 32 weights (4.5 bits each).
-    """
-    blocks = _blocks(x)
-    extreme = np.take_along_axis(blocks, np.abs(blocks).argmax(axis=1, keepdims=True), axis=1)
-    d = extreme / np.float32(-8)
-    codes = np.minimum(np.trunc(blocks * _inverse(d) + np.float32(8.5)), 15).astype(np.uint8)
-    return _join(x.shape, d, codes[:, : BLOCK // 2] | (codes[:, BLOCK // 2 :] << 4))
-
-
-def dequantize_q4_0(data: np.ndarray) -> np.ndarray:
-    """float32 weights back from Q4_0 bytes: (code - 8) times the block's (fp16) scale."""
-    d, packed, shape = _split(data, 2 + BLOCK // 2)
-    codes = np.concatenate([packed & 0x0F, packed >> 4], axis=1).astype(np.float32)
-    return ((codes - 8) * d).reshape(shape)
-
 
 # --- writing a GGUF file ---------------------------------------------------------------------------
 

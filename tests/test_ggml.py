@@ -11,12 +11,12 @@ import pytest
 import torch
 from gguf import GGMLQuantizationType
 
-from quantlab import ggml, models
+from quantlab import ggml, gguf_blocks, models
 from quantlab.errors import QuantlabError
 
 OURS = {
-    "Q8_0": (ggml.quantize_q8_0, ggml.dequantize_q8_0),
-    "Q4_0": (ggml.quantize_q4_0, ggml.dequantize_q4_0),
+    "Q8_0": (gguf_blocks.quantize_q8_0, gguf_blocks.dequantize_q8_0),
+    "Q4_0": (gguf_blocks.quantize_q4_0, gguf_blocks.dequantize_q4_0),
 }
 PROMPT = "The capital of France is"
 
@@ -62,7 +62,7 @@ def test_reference_quantizers_match_gguf_py_on_awkward_blocks(qtype):
 
 
 def test_q8_0_rounds_halves_away_from_zero_like_c():
-    codes = ggml.quantize_q8_0(awkward_blocks()[4:5])[0, 2:11].view(np.int8)
+    codes = gguf_blocks.quantize_q8_0(awkward_blocks()[4:5])[0, 2:11].view(np.int8)
     assert codes.tolist() == [127, 1, 2, 3, -1, -2, -3, 0, -127]
 
 
@@ -76,9 +76,9 @@ def test_q8_0_reproduces_llama_cpp_bytes_in_the_bundled_file(bundled):
     embedding = bundled["token_embd.weight"]
     assert embedding.tensor_type == GGMLQuantizationType.Q8_0
     data = np.asarray(embedding.data)
-    weights = ggml.dequantize_q8_0(data)
+    weights = gguf_blocks.dequantize_q8_0(data)
     assert np.array_equal(weights, gguf.quants.dequantize(data, GGMLQuantizationType.Q8_0))
-    assert np.array_equal(ggml.quantize_q8_0(weights), data)
+    assert np.array_equal(gguf_blocks.quantize_q8_0(weights), data)
 
 
 @pytest.mark.parametrize("qtype", OURS)
@@ -148,9 +148,9 @@ def test_written_blocks_are_our_reference_quantizers_output(gguf_files, checkpoi
     with safe_open(f"{checkpoint}/model.safetensors", framework="np") as f:
         up = f.get_tensor("model.layers.3.mlp.up_proj.weight")
         q = f.get_tensor("model.layers.3.self_attn.q_proj.weight")
-    assert np.array_equal(tensors["blk.3.ffn_up.weight"].data, ggml.quantize_q4_0(up))
+    assert np.array_equal(tensors["blk.3.ffn_up.weight"].data, gguf_blocks.quantize_q4_0(up))
     q_rope_order = ggml.permute_for_rope(q, n_head=9)
-    assert np.array_equal(tensors["blk.3.attn_q.weight"].data, ggml.quantize_q4_0(q_rope_order))
+    assert np.array_equal(tensors["blk.3.attn_q.weight"].data, gguf_blocks.quantize_q4_0(q_rope_order))
 
 
 def test_written_metadata(gguf_files, checkpoint):

@@ -12,7 +12,7 @@ parts = {}
 for file in files:
     with safe_open(file, "pt") as f:
         parts.update({key[len(prefix):]: f.get_tensor(key) for key in f.keys() if key.startswith(prefix)})  # noqa: SIM118
-by_hand = gptq.dequantize_gptq(parts["qweight"], parts["qzeros"], parts["scales"], parts["g_idx"], bits, zero_offset)
+by_hand = dequantize_gptq(parts["qweight"], parts["qzeros"], parts["scales"], parts["g_idx"], bits, zero_offset)
 down_proj_max_difference = (by_hand - down_proj.dequantize_weight().T.cpu()).abs().max().item()
 
 # Exercise 3: the embedding is stored once (tied to lm_head) at the model's float width.
