@@ -1,5 +1,6 @@
-"""The GPU runner's own tools (tests/gpu_runner/README.md): background jobs of run.sh, and the tables record.py
-writes from vllm_offline.py's results. They run on the runner only, so their logic is checked here."""
+"""The GPU runner's own tools (tests/gpu_runner/README.md): background jobs of run.sh, the tables record.py
+writes from vllm_offline.py's results, and the T4 view (t4view/sitecustomize.py). They run on the runner only,
+so their logic is checked here."""
 
 import importlib.util
 import subprocess
@@ -11,11 +12,15 @@ RUNNER = Path(__file__).parent / "gpu_runner"
 REPO = Path(__file__).parents[1]
 
 
-def _module(name: str):
-    spec = importlib.util.spec_from_file_location(name, RUNNER / f"{name}.py")
+def _module_at(path: Path):
+    spec = importlib.util.spec_from_file_location(path.stem, path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+def _module(name: str):
+    return _module_at(RUNNER / f"{name}.py")
 
 
 def _run_sh(*args: str, jobs: Path) -> subprocess.CompletedProcess:
@@ -59,3 +64,28 @@ def test_offline_table_puts_the_kernel_share_on_the_profiled_batch_and_names_err
     body = lines.splitlines()[2:]
     assert "| 0.60 | 50% |" in body[0] and "%" not in body[1]
     assert body[2].startswith("| GPTQ |") and "ValueError: no kernel" in body[2]
+
+
+def _fake_h200():
+    from types import SimpleNamespace
+
+    props = SimpleNamespace(major=9, minor=0, total_memory=141 * 10**9, name="NVIDIA H200", multi_processor_count=132)
+    return SimpleNamespace(get_device_capability=lambda device=None: (9, 0),
+                           get_device_properties=lambda device=None: props,
+                           mem_get_info=lambda device=None: (100 * 10**9, 141 * 10**9),
+                           is_bf16_supported=lambda including_emulation=True: True)
+
+
+def test_the_t4_view_answers_the_libraries_as_a_t4_and_the_compilers_as_the_real_gpu():
+    view, cuda = _module_at(RUNNER / "t4view" / "sitecustomize.py"), _fake_h200()
+    view.install(cuda)
+    props = cuda.get_device_properties(0)
+    assert cuda.get_device_capability() == (7, 5) and (props.major, props.minor) == (7, 5)
+    assert props.total_memory == 15 * 10**9 and props.multi_processor_count == 132  # the rest is the real GPU's
+    assert cuda.is_bf16_supported() is True and cuda.is_bf16_supported(including_emulation=False) is False
+    assert cuda.mem_get_info() == (15 * 10**9, 15 * 10**9)
+    compiler = {"__name__": "torch._inductor.codecache", "cuda": cuda}
+    exec("capability = cuda.get_device_capability()", compiler)  # noqa: S102
+    assert compiler["capability"] == (9, 0)
+    view.install(cuda)  # twice: still one layer of patching
+    assert cuda.get_device_capability() == (7, 5)

@@ -6,6 +6,8 @@
 #   tests/gpu_runner/run.sh install-kernels   unpack gptqmodel's compiled kernels an earlier run brought back
 #   tests/gpu_runner/run.sh unit [FILES]      unit tests (default: tests/)
 #   tests/gpu_runner/run.sh notebooks [NBS]   nbval-lax over notebooks (default: notebooks/*.ipynb)
+#   tests/gpu_runner/run.sh t4-notebooks [NBS]
+#                                             the same under the libraries' view of a T4 (t4view/sitecustomize.py)
 #   tests/gpu_runner/run.sh compare [ARGS]    `quantlab compare` on the default model
 #   tests/gpu_runner/run.sh sweep [ARGS]      `quantlab sweep` (notebook 11): results to $OUT/sweep${TAG}
 #   tests/gpu_runner/run.sh suite             unit, notebooks and compare in one call
@@ -180,6 +182,11 @@ notebooks() {  # TAG=-b names a second batch (notebooks-b.log, notebooks-b.xml),
   keep_kernels
 }
 
+t4_notebooks() {  # nbval under the libraries' view of a T4 (t4view/sitecustomize.py): capability 7.5, 15 GB
+  ( export QUANTLAB_T4_VIEW=1 PYTHONPATH="$PWD/tests/gpu_runner/t4view:$PYTHONPATH"; TAG="-t4${TAG:-}"
+    notebooks "$@" )
+}
+
 compare() {  # the device tool brings back 8 files at most: the tables come back, the plots stay
   step compare "${COMPARE_LIMIT:-560}" "$python" -m quantlab compare --out /tmp/quantlab-compare "$@"
   mkdir -p "$out/compare" && cp /tmp/quantlab-compare/results.{json,md} "$out/compare/"
@@ -199,6 +206,7 @@ case "$command" in
   install-b) install_b ;;
   install-c) install_c ;;
   install-kernels) install_kernels ;;
+  t4-notebooks) need_installed c; [ -f "$out/env.txt" ] || describe_machine; t4_notebooks "$@" ;;
   unit|notebooks|compare|sweep) need_installed c; [ -f "$out/env.txt" ] || describe_machine; "$command" "$@" ;;
   suite) need_installed c; describe_machine; unit; notebooks; compare ;;
   install-vllm-[0-9]*) install_vllm "${command#install-vllm-}" ;;
