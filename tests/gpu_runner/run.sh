@@ -216,5 +216,5 @@ case "$command" in
   wait) wait_job "$@" ;;
   collect) collect ;;
   serve) [ -f "$out/env.txt" ] || describe_machine; serve_step "$@" ;;
-  *) sed -n '2,23p' "$0"; exit 2 ;;
+  *) sed -n '2,31p' "$0"; exit 2 ;;
 esac
