@@ -32,7 +32,7 @@
 #
 # | runtime | CPU (2 cores) | GPU |
 # |---|---|---|
-# | this notebook | 2.2 min (the committed run, 2-core CPU, 2026-12-02) | not recorded yet |
+# | this notebook | 1.8 min (the committed run, 2-core CPU, 2026-12-04) | not recorded yet |
 #
 # Every number in this notebook is computed or measured when you run the cell. Nothing is typed in.
 
@@ -89,6 +89,9 @@ print(f"{WEIGHT_NAME}: {tuple(weight.shape)}, model in {model.dtype} on {DEVICE}
 
 # %% [markdown]
 # ## 1. FP8 from scratch: two bit layouts
+# (The code cells tagged `save` in this notebook, FP8, HQQ and the KV cache's bytes, are the package's copy too:
+# `make package` writes them into `quantlab/fp8_hqq_kv.py`, which the tests check against torch, torchao and hqq.)
+#
 # An FP8 number is `sign × 2^(exponent − bias) × 1.mantissa`, in 8 bits. Two layouts share the byte differently:
 #
 # - **E4M3** (4 exponent bits, 3 mantissa bits, bias 7): more precision, range up to 448. The "fn" variant that
@@ -100,10 +103,10 @@ print(f"{WEIGHT_NAME}: {tuple(weight.shape)}, model in {model.dtype} on {DEVICE}
 # When the exponent field is 0 the number is *subnormal*: no implicit leading 1, and the smallest exponent.
 # Decoding one byte is a few lines:
 
-# %% tags=["from-scratch"]
+# %% tags=["save"]
 from dataclasses import dataclass
 
-import torch  # noqa: F811  (again: the tests run the cells tagged from-scratch on their own)
+import torch
 
 
 @dataclass(frozen=True)
@@ -199,7 +202,7 @@ plt.show()
 # (measured on this series' CPU and on an H200, CPU and GPU alike). Quantization code (torchao, vLLM) clamps to
 # ±448 before casting, so that an outlier saturates on every version; our `encode` saturates, as they do.
 
-# %% tags=["from-scratch"]
+# %% tags=["save"]
 def encode(x: torch.Tensor, fmt: FP8Format) -> torch.Tensor:
     """``x`` cast to ``fmt`` from scratch: the uint8 patterns. Round to nearest, ties to the even pattern; beyond
     the largest value, saturate (E4M3fn, as a clamp before torch's cast gives) or round into infinity (E5M2)."""
@@ -273,7 +276,7 @@ print(f"torch {torch.__version__}: 460, 480, 1e4 ->", torch.tensor([460.0, 480.0
 # - **per 128 × 128 block**: DeepSeek-V3's layout, transformers' `FineGrainedFP8Config` and vLLM's `fp8_per_block`;
 #   blocks at the edge of a matrix whose sides are not multiples of 128 are smaller.
 
-# %% tags=["from-scratch"]
+# %% tags=["save"]
 def fp8_absmax(w: torch.Tensor, granularity) -> torch.Tensor:
     """Largest |w| per scaling unit, broadcastable to ``w`` [rows, cols]: ``"tensor"``, ``"channel"`` (one per
     row) or a block shape ``(block_rows, block_cols)``."""
@@ -399,7 +402,7 @@ else:
 # It stops when the mean absolute error stops falling. hqq's defaults: `p = 0.7`, `β = 10`, `κ = 1.01`, 20 steps,
 # groups of consecutive weights along the input dimension (`axis=1`).
 
-# %% tags=["from-scratch"]
+# %% tags=["save"]
 def shrink_lp(x: torch.Tensor, beta: float, p: float) -> torch.Tensor:
     """The proximal step of the l_p "norm" (p < 1): shrink each |x| by |x|^(p-1)/β, never past zero."""
     return torch.sign(x) * torch.relu(x.abs() - x.abs().pow(p - 1) / beta)
@@ -518,7 +521,7 @@ print("at 4 bits, output error: HQQ below RTN", by_method[4][1]["HQQ"] < by_meth
 # recent tokens (up to `residual_length`, 128) in full precision and quantizes the rest, re-quantizing when the
 # full-precision part fills up. The arithmetic, for any shape:
 
-# %% tags=["from-scratch"]
+# %% tags=["save"]
 def kv_cache_bytes(tokens: int, layers: int, kv_heads: int, head_dim: int, bits: int = 16,
                    group_size: int | None = None, meta_bytes: int = 2, full_precision_tokens: int = 0,
                    value_bytes: int = 2) -> int:
@@ -529,7 +532,8 @@ def kv_cache_bytes(tokens: int, layers: int, kv_heads: int, head_dim: int, bits:
     if bits == 16:
         return per_token * tokens * value_bytes
     quantized = per_token * (tokens - full_precision_tokens)
-    return quantized * bits // 8 + 2 * meta_bytes * quantized // group_size + per_token * full_precision_tokens * value_bytes
+    scales_and_zeros = 2 * meta_bytes * quantized // group_size
+    return quantized * bits // 8 + scales_and_zeros + per_token * full_precision_tokens * value_bytes
 
 
 # %% [markdown]

@@ -2,9 +2,9 @@
 
 import pytest
 import torch
-from notebook_code import load_cells
 
-NB = load_cells("notebooks/13_fp8_hqq_kv_cache.py", "from-scratch")
+from quantlab import fp8_hqq_kv as NB  # the cells tagged save of notebooks/13
+
 FORMATS = [NB.E4M3, NB.E5M2]
 
 

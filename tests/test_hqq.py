@@ -2,11 +2,9 @@
 
 import pytest
 import torch
-from notebook_code import load_cells
 
+from quantlab import fp8_hqq_kv as NB  # the cells tagged save of notebooks/13
 from quantlab import linear, methods
-
-NB = load_cells("notebooks/13_fp8_hqq_kv_cache.py", "from-scratch")
 
 
 def hqq_library(w: torch.Tensor, bits: int, group_size: int) -> torch.Tensor:

@@ -2,12 +2,10 @@
 
 import pytest
 import torch
-from notebook_code import load_cells
 
 from quantlab import data, evaluate, kvcache
+from quantlab import fp8_hqq_kv as NB  # the cells tagged save of notebooks/13
 from quantlab.errors import QuantlabError
-
-NB = load_cells("notebooks/13_fp8_hqq_kv_cache.py", "from-scratch")
 
 
 @pytest.mark.parametrize("bits", [None, 8, 4, 2])
