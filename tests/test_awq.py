@@ -45,3 +45,20 @@ def test_awq_builder_uses_equal_length_rows_and_a_zero_point():
     assert {len(row["input_ids"]) for row in rows} == {len(row["attention_mask"]) for row in rows} == {256}
     config = methods.awq_config(settings)
     assert (config.bits, config.group_size, config.sym) == (4, 64, False)
+
+
+@pytest.mark.parametrize(("capability", "kernel"), [((7, 5), "gemm_triton"), ((8, 0), "auto"), ((9, 0), "auto")])
+def test_the_awq_kernel_follows_the_compute_capability(monkeypatch, capability, kernel):
+    """A T4 (7.5) gets gptqmodel's Triton GEMM, whose CUDA GEMM does not build below 8.0 (notebooks/05); both
+    libraries know the name, and transformers is handed it only there."""
+    from gptqmodel.utils.backend import normalize_backend
+    from transformers.utils.quantization_config import AwqBackend
+
+    from quantlab import methods
+
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: capability)
+    assert methods.awq_kernel("cuda") == kernel and methods.awq_kernel("cpu") == "torch_awq"
+    assert normalize_backend(kernel, quant_method="awq") and AwqBackend(kernel)
+    assert str(normalize_backend("torch_awq", quant_method="awq").value) == "awq_torch"  # what the CPU always used
+    config = methods.awq_load_config("cuda")
+    assert (config.backend if config else None) == ("gemm_triton" if capability < (8, 0) else None)
