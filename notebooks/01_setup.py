@@ -182,5 +182,5 @@ embedding_fraction = None  # exercise 2
 # Self-check; the solutions are in notebooks/solutions/01_setup.py
 from quantlab.exercises import check
 
-check("exercise 1", fp32_bytes, memory.weight_bytes(model))
+check("exercise 1", fp32_bytes, memory.weight_bytes(model) // model.dtype.itemsize * 4)  # the model may be 16-bit
 check("exercise 2", embedding_fraction, model.get_input_embeddings().weight.numel() / n_params)

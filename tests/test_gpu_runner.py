@@ -23,11 +23,11 @@ def _module(name: str):
     return _module_at(RUNNER / f"{name}.py")
 
 
-def _run_sh(*args: str, jobs: Path) -> subprocess.CompletedProcess:
+def _run_sh(*args: str, jobs: Path, timeout: float = 120) -> subprocess.CompletedProcess:
     return subprocess.run(["bash", str(RUNNER / "run.sh"), *args], cwd=REPO, capture_output=True, text=True,
                           env={"PATH": "/usr/bin:/bin", "QUANTLAB_JOBS": str(jobs), "OUT": str(jobs / "out"),
                                "QUANTLAB_STAGE": str(jobs / "stage")},
-                          timeout=120)
+                          timeout=timeout)
 
 
 def test_a_background_job_runs_once_from_its_own_copy_and_wait_returns_its_status(tmp_path):
@@ -42,6 +42,18 @@ def test_a_background_job_runs_once_from_its_own_copy_and_wait_returns_its_statu
     assert (jobs / "j1.checkout" / "tests" / "gpu_runner" / "run.sh").is_file()
     assert not (jobs / "j1.checkout" / ".git").exists()
     assert "no job no-such-job on this machine" in (jobs / "j1.log").read_text()
+
+
+def test_starting_a_background_job_returns_at_once_when_its_output_is_a_pipe(tmp_path):
+    """`run.sh background ... | tail` must not wait for the job (capture_output reads through pipes)."""
+    jobs = tmp_path / "jobs"
+    (jobs / "hold.lock").mkdir(parents=True)  # a job "hold" that never ends, for j2's step to wait on
+    try:
+        started = _run_sh("background", "j2", "wait", "hold", "60", jobs=jobs, timeout=20)
+        assert "started in the background" in started.stdout
+    finally:
+        pid = (jobs / "j2.pid").read_text().strip()
+        subprocess.run(["kill", "--", f"-{pid}"], capture_output=True)
 
 
 def test_waiting_for_a_job_never_started_says_so(tmp_path):
@@ -89,3 +101,30 @@ def test_the_t4_view_answers_the_libraries_as_a_t4_and_the_compilers_as_the_real
     assert compiler["capability"] == (9, 0)
     view.install(cuda)  # twice: still one layer of patching
     assert cuda.get_device_capability() == (7, 5)
+
+
+def test_a_run_with_the_t4_view_says_so_in_its_heading_rows_and_tables(tmp_path):
+    import tarfile
+
+    record = _module("record")
+    (tmp_path / "gpu.txt").write_text("NVIDIA H100 80GB HBM3, 580, 81559 MiB")
+    (tmp_path / "env.txt").write_text("torch 2.11.0\n")
+    (tmp_path / "steps.txt").write_text("notebooks-13 rc=0 seconds=9\nnotebooks-t4 rc=0 seconds=8\n")
+    case = '<testsuite><testcase classname="notebooks.13_fp8_hqq_kv_cache.ipynb" time="{}"/></testsuite>'
+    (tmp_path / "notebooks-13.xml").write_text(case.format(9))
+    (tmp_path / "notebooks-t4.xml").write_text(case.format(8))
+    results = tmp_path / "results" / "13"
+    results.mkdir(parents=True)
+    (results / "results.md").write_text("# title\n\n| method | ... |\n| fp8-wo | skipped: needs 8.9 |\n")
+    with tarfile.open(tmp_path / "notebook-results-t4.tgz", "w:gz") as tar:
+        tar.add(results / "results.md", arcname="results/13/results.md")
+    later = tmp_path / "later"  # a later step's archive on the same machine holds the same file again
+    later.mkdir()
+    (later / "notebook-results-t4-07.tgz").write_bytes((tmp_path / "notebook-results-t4.tgz").read_bytes())
+    text = record.section([tmp_path, later])
+    assert text.count("What notebook 13 (T4 view) wrote") == 1
+    assert text.splitlines()[0].endswith("with the T4 view (run.sh t4-notebooks)")
+    assert "| 13_fp8_hqq_kv_cache.ipynb | 9 | pass |" in text
+    assert "| 13_fp8_hqq_kv_cache.ipynb (T4 view) | 8 | pass |" in text
+    assert "What notebook 13 (T4 view) wrote" in text and "| fp8-wo | skipped: needs 8.9 |" in text
+    assert "# title" not in text

@@ -7,6 +7,7 @@ import datetime
 import json
 import re
 import sys
+import tarfile
 import xml.etree.ElementTree as ET
 from collections import defaultdict
 from pathlib import Path
@@ -31,6 +32,24 @@ def notebook_times(junit: Path) -> dict[str, tuple[float, str]]:
         seconds[name] += float(case.get("time", 0))
         failed[name] |= case.find("failure") is not None or case.find("error") is not None
     return {n: (seconds[n], "FAIL" if failed[n] else "pass") for n in sorted(seconds)}
+
+
+T4_VIEW = " (T4 view)"
+
+
+def notebook_results(outs: list[Path]) -> list[tuple[str, str]]:
+    """The ``results/NN/results.md`` tables that the `notebooks` step brought back (``notebook-results<TAG>.tgz``),
+    labelled "NN" plus the T4 view where that step ran under it; once each, as every later archive of the same
+    machine holds the files of the earlier steps too."""
+    found = []
+    for archive in sorted(p for o in outs for p in o.glob("notebook-results*.tgz")):
+        view = T4_VIEW if archive.name.startswith("notebook-results-t4") else ""
+        with tarfile.open(archive) as tar:
+            for member in sorted(tar.getmembers(), key=lambda m: m.name):
+                if re.fullmatch(r"results/\d+/results\.md", member.name):
+                    text = tar.extractfile(member).read().decode()
+                    found.append((member.name.split("/")[1] + view, text.split("\n", 1)[1].strip()))
+    return list(dict.fromkeys(found))
 
 
 def vllm_version(folder: Path) -> str:
@@ -82,7 +101,8 @@ def section(outs: list[Path]) -> str:
     env = (out / "env.txt").read_text()
     versions = [line.strip() for line in env.splitlines()
                 if line.strip().split(" ")[0] in ("torch", "transformers", "gptqmodel", "bitsandbytes", "optimum")]
-    lines = [f"## {datetime.date.today()} · {(out / 'gpu.txt').read_text().strip()}", "",
+    t4 = " · with the T4 view (run.sh t4-notebooks)" if any(o.glob("notebooks-t4*.xml") for o in outs) else ""
+    lines = [f"## {datetime.date.today()} · {(out / 'gpu.txt').read_text().strip()}{t4}", "",
              "Versions: " + "; ".join(" ".join(v.split()) for v in versions), "", "Steps:", "```",
              *[(o / "steps.txt").read_text().strip() for o in outs if (o / "steps.txt").exists()], "```", ""]
     unit = [(o / "unit.log").read_text().strip().splitlines()[-1] for o in outs if (o / "unit.log").exists()]
@@ -90,11 +110,14 @@ def section(outs: list[Path]) -> str:
         lines += ["Unit tests, in the order they ran: " + "; then ".join(u.strip("= ") for u in unit), ""]
     times = {}
     for junit in [junit for o in outs for junit in sorted(o.glob("notebooks*.xml"))]:
-        times.update(notebook_times(junit))
+        view = T4_VIEW if junit.name.startswith("notebooks-t4") else ""  # run.sh t4-notebooks
+        times.update({f"{name}{view}": result for name, result in notebook_times(junit).items()})
     if times:
         lines += ["| notebook | seconds | result |", "|---|---|---|"]
         lines += [f"| {n} | {s:.0f} | {r} |" for n, (s, r) in sorted(times.items())]
         lines.append("")
+    for tag, body in notebook_results(outs):
+        lines += [f"What notebook {tag} wrote (`results.md`, below its title):", "", body, ""]
     for results in [o / "compare" / "results.json" for o in outs if (o / "compare" / "results.json").exists()]:
         data = json.loads(results.read_text())
         lines += [f"Compare ({data['meta']['protocol']}):", "", markdown_table(data["results"]), "",

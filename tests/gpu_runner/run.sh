@@ -109,7 +109,9 @@ background() {  # background NAME STEP [ARGS]: `run.sh STEP ARGS` in a process s
   local copy="$jobs_dir/$name.checkout"
   mkdir -p "$copy" && tar -C . --exclude=./.gpu_bundle --exclude=./.venv --exclude=./.git -cf - . | tar -C "$copy" -xf -
   (cd "$copy" && OUT="$jobs_dir/$name.out" setsid nohup bash -c "bash tests/gpu_runner/run.sh $*; echo \$? > $jobs_dir/$name.rc" \
-    > "$jobs_dir/$name.log" 2>&1 < /dev/null & echo $! > "$jobs_dir/$name.pid")
+    > "$jobs_dir/$name.log" 2>&1 < /dev/null & echo $! > "$jobs_dir/$name.pid") > /dev/null 2>&1 < /dev/null
+  # (that redirection: the job's subshell would otherwise hold this call's stdout, and `run.sh background ... | tail`
+  # would wait for the job to end; seen 2026-12-07, a 300 s call lost)
   echo "job $name started in the background: $jobs_dir/$name.log, its results in $jobs_dir/$name.out"
 }
 
