@@ -108,7 +108,7 @@ warnings.filterwarnings("ignore", message=".*is deprecated.*")  # torch/torchao 
 # %%
 from transformers import AutoConfig
 
-from quantlab import methods, models
+from quantlab import compare, methods, models
 
 MODEL_ID = None
 LAYER = "model.layers.5.self_attn.q_proj"
@@ -121,7 +121,10 @@ DEVICE = models.default_device()
 DTYPE = models.default_dtype()
 ON_GPU = DEVICE == "cuda"
 CALIB_SAMPLES, CALIB_SEQ_LEN = (128, 512) if ON_GPU else (16, 256)  # sections 1-2: one layer
-MODEL_CALIB_SAMPLES, MODEL_CALIB_SEQ_LEN = (128, 512) if ON_GPU else (2, 32)  # section 3: the whole model
+# section 3, the whole model: the comparison harness's AWQ settings (2 x 32 tokens on a CPU, 128 x 512 on a GPU),
+# so that this notebook and `make run` make, and reuse, one checkpoint
+awq_settings = compare.settings_for(DEVICE, False, config, "awq-int4")
+MODEL_CALIB_SAMPLES, MODEL_CALIB_SEQ_LEN = awq_settings.calib_samples, awq_settings.calib_seq_len
 HELD_OUT_TOKENS = 2048
 EVAL_TOKENS, EVAL_SEQ_LEN = (32768, 512) if ON_GPU else (2048, 512)
 
@@ -383,8 +386,7 @@ def quantize_awq(out_dir):
     awq_model.save(str(out_dir))
 
 
-settings = methods.Settings(device=DEVICE, dtype=str(DTYPE).removeprefix("torch."), calib_samples=MODEL_CALIB_SAMPLES,
-                            calib_seq_len=MODEL_CALIB_SEQ_LEN, group_size=GROUP_SIZE)
+settings = awq_settings
 checkpoint = methods.quantized_dir(source, f"awq-int4-g{GROUP_SIZE}", settings)
 
 # %% tags=["nbval-ignore-output"]
@@ -444,14 +446,14 @@ for name, m in (("baseline", model), ("AWQ", awq_model)):
 #   same tokens as AWQ**, decoded back to text; cached like the AWQ checkpoint;
 # - **AWQ**, the model just loaded.
 #
-# Why not `quantlab compare` itself? Its CPU setting calibrates on 16 × 256 tokens, which gptqmodel's AWQ turns
-# into half an hour or more on 2 CPU cores; on a GPU, this notebook's settings are the harness's, and its AWQ
-# checkpoint is the one the harness uses.
+# Why not `quantlab compare` itself? Its AWQ row uses this notebook's AWQ checkpoint (the same settings, so the
+# same cache folder), but it calibrates GPTQ on 16 × 256 tokens on a CPU; here GPTQ sees AWQ's tokens, so the two
+# differ only in the method.
 
 # %% tags=["nbval-ignore-output", "progress-bar"]
 from transformers import GPTQConfig
 
-from quantlab import compare, evaluate, memory
+from quantlab import evaluate, memory
 
 gptq_checkpoint = models.cache_dir() / "notebooks" / "05_awq" / f"gptq-int4-g{GROUP_SIZE}-{settings.cache_key()}"
 

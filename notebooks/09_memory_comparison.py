@@ -28,7 +28,7 @@
 #
 # | runtime | CPU (2 cores) | GPU |
 # |---|---|---|
-# | this notebook | 18.2 min (the committed run, 2-core CPU, 2026-12-02) | 5.4 min (nbval on an NVIDIA H200, 2026-11-28) |
+# | this notebook | 8.7 min (the committed run, 2-core CPU, 2026-12-07) | 5.4 min (nbval on an NVIDIA H200, 2026-11-28) |
 #
 # Every number in this notebook is measured when you run the cell, on your hardware. Nothing is typed in.
 
@@ -87,9 +87,10 @@ warnings.filterwarnings("ignore", message=".*[Dd]equantiz.*")  # transformers: "
 # KL on 1024 tokens, speed from 16 new tokens after a 64-token prompt, median of 2); `QUICK = True` shrinks it
 # to a smoke test (512 tokens, one speed run), a few minutes faster but noisy.
 #
-# Calibration (GPTQ, AWQ) is reduced on a CPU: 16 sequences of 256 tokens, the same as notebooks 03 and 05, so
-# the checkpoints they cached are reused here; on a GPU it is 128 × 512. The results go to `results/09/` beside
-# this notebook, where notebook 10 reads them.
+# Calibration is reduced on a CPU: 16 sequences of 256 tokens for GPTQ, 2 × 32 for AWQ (notebook 05's setting, so
+# the AWQ checkpoint it cached is reused here); on a GPU it is 128 × 512 for both. Notebook 03 teaches GPTQ with
+# another grid (asymmetric, groups of 128) and keeps its own checkpoint, so GPTQ is quantized here unless an
+# earlier comparison cached it. The results go to `results/09/` beside this notebook, where notebook 10 reads them.
 
 # %%
 from pathlib import Path
@@ -117,9 +118,9 @@ with evaluate.timed() as t_compare:
 print(f"compare.run took {t_compare.seconds / 60:.1f} min; results in {OUT}/")
 
 # %% [markdown]
-# Every method is "ok" or "skipped" with its reason: a method that needs a GPU, a package that is not installed,
-# or, on a CPU, AWQ when its checkpoint is not cached (gptqmodel's AWQ calibration takes about an hour on
-# 2 CPU cores; `compare.run(..., include_slow=True)` makes it here; notebook 05 shows AWQ on a smaller calibration).
+# Every method is "ok" or "skipped" with its reason: a method that needs a GPU, or a package that is not installed.
+# On a CPU AWQ calibrates on 2 × 32 tokens (its search costs about 1.5 s per token on 2 cores), as in notebook 05,
+# which made the same checkpoint.
 
 # %% tags=["nbval-ignore-output"]
 for r in rows:

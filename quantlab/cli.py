@@ -17,7 +17,7 @@ def _compare(args) -> None:
     from quantlab.compare import run
 
     rows = run(model_id=args.model, methods_csv=args.methods, eval_source=args.eval_text, out_dir=args.out,
-               quick=args.quick, compile_decode=args.compile, include_slow=args.include_slow)
+               quick=args.quick, compile_decode=args.compile)
     failed = [f"{row['method']} {row['status']}" for row in rows if row["status"].startswith("failed")]
     if failed:
         raise QuantlabError(f"{len(failed)} of {len(rows)} methods failed; every result, these included, is in "
@@ -49,8 +49,6 @@ def build_parser() -> argparse.ArgumentParser:
                          help="evaluation text: shakespeare (offline), wikitext2 or c4 (online)")
     compare.add_argument("--out", default="results", help="output folder for results.json/.md and plots")
     compare.add_argument("--quick", action="store_true", help="small evaluation, for tests and smoke runs")
-    compare.add_argument("--include-slow", action="store_true",
-                         help="on a CPU, also quantize methods that take 15+ minutes there (AWQ) when not cached")
     compare.add_argument("--compile", action="store_true",
                          help="also measure decode with a static KV cache and torch.compile (GPU)")
     compare.set_defaults(func=_compare)

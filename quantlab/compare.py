@@ -5,9 +5,9 @@ measures weight memory, peak memory, on-disk size, perplexity, KL divergence and
 against the baseline, prefill/decode speed and quantization time (on a GPU also the two floors under the
 decode time), and writes ``results.json``, ``results.md`` and three PNG plots to the output folder.
 
-On a CPU the job is sized for `make run`'s 15 minutes on 2 cores: a reduced calibration for GPTQ/AWQ/RTN
-(:data:`REDUCED_CALIBRATION`, written into the outputs), a shorter speed protocol, and methods whose
-quantization alone would take longer (:data:`SLOW_ON_CPU`) measured only from a cached checkpoint.
+On a CPU the job is sized for `make run` on 2 cores: a reduced calibration for GPTQ/AWQ/RTN
+(:data:`REDUCED_CALIBRATION`, smaller still for AWQ: :data:`CPU_CALIBRATION`; written into the outputs) and a
+shorter speed protocol.
 """
 
 import contextlib
@@ -58,33 +58,22 @@ class Protocol:
 # cores at this size (32 x 512 took 4 times as long, too long for `make run`'s 15 minutes).
 REDUCED_CALIBRATION = {"calib_samples": 16, "calib_seq_len": 256}
 
+# Smaller still, per method, on a CPU: gptqmodel's AWQ costs about 1.5 s per calibration token on 2 cores, most of
+# it in its clipping search (16 x 256 tokens would take over an hour), so 2 rows of 32 tokens: 100 s measured on
+# this series' 2-core machine. Notebook 05 takes its whole-model calibration from here, so that it and `make run`
+# make one checkpoint.
+CPU_CALIBRATION = {"awq-int4": {"calib_samples": 2, "calib_seq_len": 32}}
 
-def settings_for(device: str, quick: bool, config) -> methods.Settings:
-    """The settings the quantized checkpoints are made with: the library defaults (128 x 512 calibration tokens)
-    on a GPU, a reduced calibration on a CPU or in quick runs (see REDUCED_CALIBRATION)."""
+
+def settings_for(device: str, quick: bool, config, method: str | None = None) -> methods.Settings:
+    """The settings ``method``'s quantized checkpoint is made with: the library defaults (128 x 512 calibration
+    tokens) on a GPU, a reduced calibration on a CPU or in quick runs (REDUCED_CALIBRATION, or the method's own in
+    CPU_CALIBRATION)."""
     common = {"device": device, "dtype": str(models.default_dtype(device)).removeprefix("torch."),
               "group_size": methods.group_size_for(config)}
     if quick or not device.startswith("cuda"):
-        return methods.Settings(**common, **REDUCED_CALIBRATION)
+        return methods.Settings(**common, **{**REDUCED_CALIBRATION, **CPU_CALIBRATION.get(method, {})})
     return methods.Settings(**common)
-
-
-# Methods whose quantization alone takes longer on a 2-core CPU than `make run`'s 15 minutes allow. A run over
-# all methods on a CPU measures them only when their checkpoint is already cached; naming them
-# (`--methods awq-int4`) or `include_slow=True` (`--include-slow`) quantizes them.
-SLOW_ON_CPU = {
-    # measured (notebooks/05): gptqmodel's AWQ costs about 2.5 s per calibration token on one busy core, most of
-    # it in its clipping search, so the CPU calibration of 16 x 256 tokens would take about an hour
-    "awq-int4": "its calibration (gptqmodel AWQConfig) takes about an hour on a 2-core CPU",
-}
-
-
-def slow_reason(method: methods.Method, src, settings: methods.Settings) -> str | None:
-    """Why a run over all methods skips ``method`` on this device, or None."""
-    if settings.device != "cpu" or method.name not in SLOW_ON_CPU or methods.is_cached(src, method.name, settings):
-        return None
-    return (f"{SLOW_ON_CPU[method.name]} and no cached checkpoint was found; make it once with "
-            f"`quantlab compare --methods {method.name}` (or --include-slow), or measure it on a GPU")
 
 
 def calibration_note(settings: methods.Settings) -> str:
@@ -93,7 +82,8 @@ def calibration_note(settings: methods.Settings) -> str:
     text = (f"calibration: {settings.calib_samples} x {settings.calib_seq_len} tokens of {settings.calib_source} "
             f"(seed {settings.seed}), int4 group size {settings.group_size}")
     if (settings.calib_samples, settings.calib_seq_len) != (full.calib_samples, full.calib_seq_len):
-        text += (f"; reduced from the GPU setting of {full.calib_samples} x {full.calib_seq_len} to keep CPU "
+        own = "; ".join(f"{name} {c['calib_samples']} x {c['calib_seq_len']}" for name, c in CPU_CALIBRATION.items())
+        text += (f" ({own}); reduced from the GPU setting of {full.calib_samples} x {full.calib_seq_len} to keep CPU "
                  "calibration to minutes, so GPTQ/AWQ may score somewhat worse than with full calibration")
     return text
 
@@ -181,12 +171,9 @@ def _baseline_reference(src, settings, protocol, eval_ids, compile_decode) -> di
 
 
 def run(model_id=None, methods_csv=None, eval_source="shakespeare", out_dir="results", quick=False,
-        compile_decode=False, device=None, include_slow=False) -> list[dict]:
-    """Run the comparison and write results.json, results.md and plots into ``out_dir``.
-
-    ``methods_csv=None`` runs every method of the registry, except, on a CPU, those in :data:`SLOW_ON_CPU`
-    whose checkpoint is not cached (skipped with the reason) unless ``include_slow``; named methods always run.
-    """
+        compile_decode=False, device=None) -> list[dict]:
+    """Run the comparison (every method of the registry, or those of ``methods_csv``) and write results.json,
+    results.md and plots into ``out_dir``."""
     from transformers import AutoConfig, AutoTokenizer
 
     from quantlab import data
@@ -195,13 +182,13 @@ def run(model_id=None, methods_csv=None, eval_source="shakespeare", out_dir="res
     if compile_decode and not device.startswith("cuda"):
         raise QuantlabError("--compile measures the decode step transformers compiles on a CUDA GPU; this run is on "
                             f"{device}. Drop --compile, or run on a GPU.")
-    include_slow = include_slow or methods_csv is not None
     chosen = chosen_methods(methods_csv)
     check_writable(Path(out_dir))  # before anything is measured, so that no result is lost
     src = models.resolve(model_id)
     tokenizer = AutoTokenizer.from_pretrained(src.path)
     protocol = Protocol.for_device(device, quick)
-    settings = settings_for(device, quick, AutoConfig.from_pretrained(src.path))
+    config = AutoConfig.from_pretrained(src.path)
+    settings = settings_for(device, quick, config)
     eval_ids = data.eval_token_ids(tokenizer, protocol.eval_tokens, source=eval_source)
     started = time.time()
     print(f"quantlab compare: {len(chosen)} methods on {src} ({device}); {calibration_note(settings)}")
@@ -230,14 +217,14 @@ def run(model_id=None, methods_csv=None, eval_source="shakespeare", out_dir="res
         baseline = _baseline_reference(src, settings, protocol, eval_ids, compile_decode)
         for method in (bar := tqdm(chosen, desc="methods", unit="method", disable=bars_hidden)):
             bar.set_postfix_str(method.name)
-            reason = method.unavailable_reason(device) or (None if include_slow else slow_reason(method, src, settings))
-            if reason:
+            if reason := method.unavailable_reason(device):
                 rows.append({"method": method.name, "description": method.description, "status": f"skipped: {reason}"})
                 save()
                 continue
             method_started = time.time()
             try:
-                rows.append(measure_method(method, src, settings, protocol, tokenizer, eval_ids, baseline))
+                rows.append(measure_method(method, src, settings_for(device, quick, config, method.name), protocol,
+                                           tokenizer, eval_ids, baseline))
             except (QuantlabError, RuntimeError, ValueError, ImportError, OSError) as err:
                 rows.append({"method": method.name, "description": method.description, "status": failure(err)})
             rows[-1]["wall_s"] = time.time() - method_started  # quantizing (unless cached), loading and measuring
