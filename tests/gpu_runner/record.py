@@ -37,18 +37,22 @@ def notebook_times(junit: Path) -> dict[str, tuple[float, str]]:
 T4_VIEW = " (T4 view)"
 
 
+def view_of(path: Path) -> str:
+    """" (T4 view)" for the files of a `run.sh t4-notebooks` step (its TAG starts with -t4), else ""."""
+    return T4_VIEW if path.name.startswith(("notebooks-t4", "notebook-results-t4")) else ""
+
+
 def notebook_results(outs: list[Path]) -> list[tuple[str, str]]:
     """The ``results/NN/results.md`` tables that the `notebooks` step brought back (``notebook-results<TAG>.tgz``),
     labelled "NN" plus the T4 view where that step ran under it; once each, as every later archive of the same
     machine holds the files of the earlier steps too."""
     found = []
     for archive in sorted(p for o in outs for p in o.glob("notebook-results*.tgz")):
-        view = T4_VIEW if archive.name.startswith("notebook-results-t4") else ""
         with tarfile.open(archive) as tar:
             for member in sorted(tar.getmembers(), key=lambda m: m.name):
                 if re.fullmatch(r"results/\d+/results\.md", member.name):
                     text = tar.extractfile(member).read().decode()
-                    found.append((member.name.split("/")[1] + view, text.split("\n", 1)[1].strip()))
+                    found.append((member.name.split("/")[1] + view_of(archive), text.split("\n", 1)[1].strip()))
     return list(dict.fromkeys(found))
 
 
@@ -110,8 +114,7 @@ def section(outs: list[Path]) -> str:
         lines += ["Unit tests, in the order they ran: " + "; then ".join(u.strip("= ") for u in unit), ""]
     times = {}
     for junit in [junit for o in outs for junit in sorted(o.glob("notebooks*.xml"))]:
-        view = T4_VIEW if junit.name.startswith("notebooks-t4") else ""  # run.sh t4-notebooks
-        times.update({f"{name}{view}": result for name, result in notebook_times(junit).items()})
+        times.update({f"{name}{view_of(junit)}": result for name, result in notebook_times(junit).items()})
     if times:
         lines += ["| notebook | seconds | result |", "|---|---|---|"]
         lines += [f"| {n} | {s:.0f} | {r} |" for n, (s, r) in sorted(times.items())]
