@@ -4,11 +4,13 @@ Run ``make colab`` (or ``.venv/bin/python colab/build.py``) after changing a not
 fails while colab/ is out of date. The copies are generated, never edited by hand (after d2l-book's colab.py).
 Each copy:
 
-- starts with a markdown cell saying it is generated, and from which source;
+- starts with a markdown cell saying it is generated, from which source, and how long its setup cell took in
+  the last recorded Colab-like check (``docs/runs/colab-check.json``, written by ``colab/check_install.sh``);
 - has the ``if IS_COLAB:`` block of its setup cell replaced by the install lines below, which add only what
   Colab lacks and leave Colab's torch and numpy alone, so no session restart is needed; a notebook that
-  needs a build step of its own (06: llama-cpp-python) writes it in its block as a shell line (``!...``;
-  ``# !...`` in the jupytext .py), which the copy keeps;
+  needs an install step of its own (12: openai, vLLM on a GPU) writes it in its block as a shell line
+  (``!...``; ``# !...`` in the jupytext .py), which the copy keeps; a long build the reader opts into
+  (06 and 12: llama.cpp's compile) goes in a block of its own, ``if IS_COLAB and BUILD_LLAMA_CPP:``;
 - asks Colab for a T4 GPU in its metadata;
 - has its relative links and images made absolute (GitHub URLs): Colab opens the notebook on its own;
 - has no outputs, execution counts or timestamps, so the file depends on the source notebook only.
@@ -37,6 +39,8 @@ REPO = REPO_URL.removeprefix("https://github.com/")  # owner/name
 QUANTLAB_SPEC = f"quantlab @ git+{REPO_URL}"
 
 SETUP_MARKER = 'IS_COLAB = "google.colab" in sys.modules'
+# What `RECORD=docs/runs/colab-check.json colab/check_install.sh` measured: each copy's setup seconds (header cell)
+SETUP_CHECK = ROOT / "docs" / "runs" / "colab-check.json"
 NOTEBOOK_METADATA = {
     "accelerator": "GPU",
     "colab": {"gpuType": "T4", "provenance": []},
@@ -93,7 +97,20 @@ def colab_setup(source: str, quantlab_spec: str = QUANTLAB_SPEC) -> str:
     own_commands = [line.strip().removeprefix("# ") for line in lines[start + 1:end]
                     if line.strip().removeprefix("# ").startswith("!")]
     block = ["if IS_COLAB:"] + ["    " + line for line in install_lines(quantlab_spec) + own_commands]
-    return "\n".join(lines[:start] + block + lines[end:])
+    return "\n".join(lines[:start] + block + opt_in_commands(lines[end:]))
+
+
+def opt_in_commands(lines: list[str]) -> list[str]:
+    """Lines after the install block, with the ``# !...`` lines of each ``if IS_COLAB and FLAG:`` block made
+    commands: a build the reader asks for by setting FLAG (06 and 12: ``BUILD_LLAMA_CPP``, llama.cpp's compile)."""
+    out, in_block = [], False
+    for line in lines:
+        if line.startswith("if IS_COLAB and "):
+            in_block = True
+        elif line and not line.startswith((" ", "\t")):
+            in_block = False
+        out.append(line.replace("# !", "!", 1) if in_block and line.strip().startswith("# !") else line)
+    return out
 
 
 MARKDOWN_LINK = re.compile(r"(!?)\[([^\]]*)\]\(([^)\s]+)((?:\s+\"[^\"]*\")?)\)")
@@ -125,13 +142,27 @@ def absolute_links(markdown: str, folder: str = "notebooks") -> str:
     return HTML_LINK.sub(html_link, MARKDOWN_LINK.sub(markdown_link, markdown))
 
 
+def setup_time(name: str) -> str:
+    """The sentence on a copy's measured setup time, from the check that RECORD kept (:data:`SETUP_CHECK`)."""
+    if not SETUP_CHECK.is_file():
+        return ""
+    check = json.loads(SETUP_CHECK.read_text())
+    copy = check["copies"].get(name)
+    if copy is None:
+        return ""
+    minutes = max(1, round(copy["setup_seconds"] / 60))
+    return (f" Its setup cell took about {minutes} min in a Colab-like venv (Python {check['python']},"
+            f" torch {check['torch']}, {check['cpus']} CPU cores, {check['date']}: `colab/check_install.sh`);"
+            " Colab's network and CPUs make that vary.")
+
+
 def header_cell(notebook: Path) -> dict:
     source = notebook.with_suffix(".py") if notebook.with_suffix(".py").exists() else notebook
     rel = source.relative_to(ROOT).as_posix()
     text = (
         f"> **Generated** from [`{rel}`]({github_url(rel)}) by `colab/build.py` (`make colab`): do not edit"
         " this copy by hand. It opens on a T4 GPU (change it under Runtime → Change runtime type); its setup"
-        " cell installs what Colab lacks and keeps Colab's own torch and numpy."
+        " cell installs what Colab lacks and keeps Colab's own torch and numpy." + setup_time(notebook.name)
     )
     return markdown_cell("colab-generated", text)
 

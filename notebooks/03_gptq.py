@@ -30,7 +30,7 @@
 #
 # | runtime | CPU (2 cores) | GPU |
 # |---|---|---|
-# | this notebook | 5.8 min (the committed run, 2-core CPU, 2026-12-04) | 1.9 min (nbval on an NVIDIA H200, 2026-11-28) |
+# | this notebook | 3.3 min (the committed run, 2-core CPU, 2026-12-07) | 1.9 min (nbval on an NVIDIA H200, 2026-11-28) |
 #
 # Every number in this series is measured when you run the cell, on your hardware. Nothing is typed in.
 
@@ -101,8 +101,9 @@ warnings.filterwarnings("ignore", message=".*You passed `quantization_config`.*"
 #
 # Calibration is the expensive part on a CPU: every decoder block runs over every calibration sequence several
 # times. The CPU setting is 16 sequences of 256 tokens; on a GPU the cell raises it to 128 × 512
-# (the GPTQ paper used 128 × 2048 tokens of C4). Perplexity is measured on the first 2048 tokens of the
-# evaluation text in 512-token windows on a CPU, 32768 tokens on a GPU.
+# (the GPTQ paper used 128 × 2048 tokens of C4). Section 4 quantizes the whole model with the settings and
+# perplexity protocol of the comparison harness (`quantlab compare`, notebook 09), the same on a CPU, so that
+# its checkpoint is the one notebook 04 and `make run` use.
 
 # %%
 from quantlab import models
@@ -117,7 +118,7 @@ DEVICE = models.default_device()
 DTYPE = models.default_dtype()
 ON_GPU = DEVICE == "cuda"
 CALIB_SAMPLES, CALIB_SEQ_LEN = (128, 512) if ON_GPU else (16, 256)
-EVAL_TOKENS, EVAL_SEQ_LEN = (32768, 512) if ON_GPU else (2048, 512)
+EVAL_TOKENS, EVAL_SEQ_LEN = (32768, 512) if ON_GPU else (2048, 512)  # held-out text of sections 2-3
 
 # %% [markdown]
 # ## 1. The idea
@@ -168,8 +169,10 @@ EVAL_TOKENS, EVAL_SEQ_LEN = (32768, 512) if ON_GPU else (2048, 512)
 #
 # First the grid. It is asymmetric min-max, as in the paper: per row (and group) the range from the smallest to the
 # largest weight, always including 0 (as in the reference code, so that 0.0 stays exact), cut into $2^{bits}-1$
-# steps; `zero` is the integer code that stands for 0.0. Round to nearest (RTN) on that grid, every weight on its
-# own, is the control GPTQ has to beat.
+# steps; `zero` is the integer code that stands for 0.0. The reference code also has a symmetric grid, `sym=True`,
+# which `GPTQConfig` uses by default and section 4 uses: the range $\pm\max|w|$, and `zero` fixed at the middle
+# code $2^{bits-1}$, so a checkpoint stores no zero points worth the name and fast kernels (Marlin) can skip them.
+# Round to nearest (RTN) on a grid, every weight on its own, is the control GPTQ has to beat.
 
 # %% tags=["save"]
 import torch
@@ -177,15 +180,20 @@ import torch
 from quantlab.errors import QuantlabError, check_bits, check_group_size, check_non_negative, check_positive_int
 
 
-def min_max_grid(weights: torch.Tensor, bits: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Asymmetric grid per row of ``weights`` [rows, cols]: ``(scale, zero)``, each [rows, 1]; integer codes are
-    ``0 .. 2**bits - 1`` and ``zero`` is the code that means 0.0 (notebooks/03_gptq)."""
+def min_max_grid(weights: torch.Tensor, bits: int, sym: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """Min-max grid per row of ``weights`` [rows, cols]: ``(scale, zero)``, each [rows, 1]; integer codes are
+    ``0 .. 2**bits - 1`` and ``zero`` is the code that means 0.0. Asymmetric by default; ``sym=True`` spans
+    ``±max|w|`` with ``zero`` at the middle code ``2**(bits - 1)``, as the reference code (notebooks/03_gptq)."""
     low = weights.min(dim=1, keepdim=True).values.clamp(max=0)
     high = weights.max(dim=1, keepdim=True).values.clamp(min=0)
+    if sym:
+        high = torch.maximum(-low, high)
+        low = -high
     flat = (low == 0) & (high == 0)
     low, high = torch.where(flat, -1.0, low), torch.where(flat, 1.0, high)
     scale = (high - low) / (2**bits - 1)
-    return scale, torch.round(-low / scale)
+    zero = torch.full_like(scale, 2 ** (bits - 1)) if sym else torch.round(-low / scale)
+    return scale, zero
 
 
 def fake_quantize(weights: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor, bits: int) -> torch.Tensor:
@@ -202,13 +210,13 @@ def _matrix(weight: torch.Tensor) -> torch.Tensor:
     return weight.detach().float()
 
 
-def rtn_quantize(weight: torch.Tensor, bits: int = 4, group_size: int | None = 128) -> torch.Tensor:
+def rtn_quantize(weight: torch.Tensor, bits: int = 4, group_size: int | None = 128, sym: bool = False) -> torch.Tensor:
     """Round to nearest on GPTQ's grid: one min-max grid per row and group of ``group_size`` columns
     (``None``: per row), every weight rounded on its own. Returns the dequantized float32 weight."""
     bits, group_size = check_bits(bits), check_group_size(group_size)
     w = _matrix(weight)
     step = group_size or w.shape[1]
-    return torch.cat([fake_quantize(g, *min_max_grid(g, bits), bits) for g in w.split(step, dim=1)], dim=1)
+    return torch.cat([fake_quantize(g, *min_max_grid(g, bits, sym), bits) for g in w.split(step, dim=1)], dim=1)
 
 
 # %% [markdown]
@@ -248,11 +256,13 @@ def _check_gptq_arguments(w: torch.Tensor, h: torch.Tensor, damp_percent, block_
 
 @torch.no_grad()
 def gptq_quantize(weight: torch.Tensor, h: torch.Tensor, bits: int = 4, group_size: int | None = 128,
-                  damp_percent: float = 0.01, block_size: int = 128, act_order: bool = False) -> torch.Tensor:
+                  damp_percent: float = 0.01, block_size: int = 128, act_order: bool = False,
+                  sym: bool = False) -> torch.Tensor:
     """GPTQ for one weight matrix [out_features, in_features] given the Hessian ``h`` [in, in] of its inputs.
 
     ``group_size=None`` is one grid per output row; ``act_order`` quantizes the columns with the largest
-    ``diag(H)`` first (``desc_act`` in the libraries). Returns the dequantized float32 weight.
+    ``diag(H)`` first (``desc_act`` in the libraries); ``sym``: the grid of :func:`min_max_grid`. Returns the
+    dequantized float32 weight.
     """
     bits, group_size = check_bits(bits), check_group_size(group_size)
     w = _matrix(weight).clone()
@@ -266,7 +276,7 @@ def gptq_quantize(weight: torch.Tensor, h: torch.Tensor, bits: int = 4, group_si
         w, h = w[:, order], h[order][:, order]
     u = inverse_hessian_factor(h, damp_percent)
     q = torch.zeros_like(w)
-    scale, zero = min_max_grid(w, bits)  # per row, replaced at every group start when grouping
+    scale, zero = min_max_grid(w, bits, sym)  # per row, replaced at every group start when grouping
     n_cols = w.shape[1]
     for start in range(0, n_cols, block_size):
         end = min(start + block_size, n_cols)
@@ -275,7 +285,7 @@ def gptq_quantize(weight: torch.Tensor, h: torch.Tensor, bits: int = 4, group_si
         for i, col in enumerate(range(start, end)):
             if group_size and col % group_size == 0:
                 # the group's grid comes from the weights as they stand when its block starts (as in the reference)
-                scale, zero = min_max_grid(w[:, col:col + group_size], bits)
+                scale, zero = min_max_grid(w[:, col:col + group_size], bits, sym)
             q[:, col] = fake_quantize(block[:, i:i + 1], scale, zero, bits)[:, 0]
             errors[:, i] = (block[:, i] - q[:, col]) / u[col, col]
             block[:, i:] -= errors[:, i:i + 1] * u[col:col + 1, col:end]  # OBS update inside the block
@@ -478,8 +488,16 @@ plt.show()
 # class block by block, exactly as above, and packs the result. The calibration data is a list of strings:
 # the same windows as above, decoded back to text.
 #
-# Choices in the cell below, all of them plain `GPTQConfig` arguments:
-# - `sym=False`: the asymmetric grid of the paper and of our code (`GPTQConfig` defaults to `sym=True`).
+# The settings are the comparison harness's (`quantlab.compare.settings_for`: the calibration size above, seed 0,
+# the group size of `methods.group_size_for`), and the checkpoint goes into quantlab's cache under the harness's
+# name for them (`methods.int4_dir`): `quantlab.methods` makes `gptq-int4` with these same calls, so notebook 04,
+# notebook 09 and `make run` reuse this checkpoint instead of making their own. Choices in the cell below, all of
+# them plain `GPTQConfig` arguments:
+# - `sym=True`, `GPTQConfig`'s default, spelled out: the symmetric grid of section 2 (`sym=True` there). The fast
+#   GPTQ kernels, gptqmodel's Marlin and vLLM's `gptq_marlin` (notebook 12), take symmetric grids only, and most
+#   GPTQ checkpoints on the hub are symmetric. Sections 2-3 use the paper's asymmetric grid.
+# - `group_size=64` for this model (`methods.group_size_for`): every Linear of SmolLM2 has 576 or 1536 inputs,
+#   whole groups of 64 but 4.5 groups of 128, which the fast kernels refuse (see "the kernel question" below).
 # - `modules_in_block_to_quantize`: the order in which a block's layers are calibrated and quantized. By default
 #   optimum takes one Linear at a time and runs the block over all calibration data before each: 7 passes per
 #   block for a Llama. But q/k/v read the same input, and so do gate/up, so their Hessians are the same
@@ -489,20 +507,22 @@ plt.show()
 #   `true_sequential=True` (each group is calibrated on the outputs of the groups already quantized).
 
 # %%
-import time
+from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, GPTQConfig
 
-from transformers import AutoModelForCausalLM, AutoTokenizer, GPTQConfig
+from quantlab import compare, methods
 
 source = models.resolve(MODEL_ID)
 tokenizer = AutoTokenizer.from_pretrained(source.path)
-calibration_texts = data.calibration_texts(tokenizer, CALIB_SAMPLES, CALIB_SEQ_LEN)
+settings = compare.settings_for(DEVICE, False, AutoConfig.from_pretrained(source.path), "gptq-int4")
+calibration_texts = data.calibration_texts(tokenizer, settings.calib_samples, settings.calib_seq_len, settings.seed,
+                                           source=settings.calib_source)
 
 gptq_config = GPTQConfig(
     bits=BITS,
-    group_size=GROUP_SIZE or -1,
+    group_size=settings.group_size,
     dataset=calibration_texts,  # online instead: dataset="c4" or dataset="wikitext2"
     tokenizer=tokenizer,
-    sym=False,
+    sym=True,
     modules_in_block_to_quantize=[
         ["self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"],
         ["self_attn.o_proj"],
@@ -511,40 +531,41 @@ gptq_config = GPTQConfig(
     ],
 )
 
-# %% tags=["nbval-ignore-output", "progress-bar"]
-start = time.perf_counter()
-quantized = AutoModelForCausalLM.from_pretrained(source.path, quantization_config=gptq_config, dtype=DTYPE,
-                                                 device_map=DEVICE)
-quantize_seconds = time.perf_counter() - start
-print(f"quantized in {quantize_seconds / 60:.1f} min on {DEVICE}")
-
 # %% [markdown]
-# The progress bars above show the blocks. Save the result like any model; notebook 04 opens this folder
-# (it lives in quantlab's cache, not in the repository).
+# Quantize and save like any model. GPTQ computes in float32 on a CPU, whose float16 matrix products are far
+# slower, and in float16 on a GPU (`methods.gptq_dtype`). `methods.cached_or_quantize` runs the function unless
+# the folder exists already, and keeps what the libraries print meanwhile (a progress bar per block) in
+# `quantize.log` beside the checkpoint.
 
-# %% tags=["nbval-ignore-output"]
-checkpoint = models.cache_dir() / "notebooks" / "03_gptq" / source.model_id.replace("/", "--")
-quantized.save_pretrained(checkpoint)
-tokenizer.save_pretrained(checkpoint)
-print(checkpoint)
+# %% tags=["nbval-ignore-output", "progress-bar"]
+def quantize_gptq(out_dir):
+    quantized = AutoModelForCausalLM.from_pretrained(source.path, quantization_config=gptq_config,
+                                                     dtype=methods.gptq_dtype(DEVICE), device_map=DEVICE)
+    quantized.save_pretrained(out_dir)
+    tokenizer.save_pretrained(out_dir)
+
+
+checkpoint = methods.int4_dir(source, "gptq-int4", settings)
+quantize_seconds = methods.cached_or_quantize(checkpoint, quantize_gptq)
+print(f"GPTQ quantization took {quantize_seconds / 60:.1f} min on {DEVICE} (read from the cache if made before)")
+print("in quantlab's cache:", checkpoint.relative_to(models.cache_dir()))
 print(f"on disk: {memory.disk_bytes(checkpoint) / 1e6:.0f} MB")
-del quantized
 
 # %% [markdown]
 # ### Reload, and the kernel question
 # Loading needs no `quantization_config`: the checkpoint's `config.json` has one. gptqmodel then picks a
-# *kernel*, the code that multiplies by packed 4-bit weights (notebook 04 looks at them). Its fast kernels
-# need the number of inputs of every layer to be a multiple of the group size: `TorchAtenLinear` (PyTorch's
-# int4 CPU matmul) fails with "expect K to be divisible by qGroupSize", and on a GPU `ExllamaV2Linear` (the
-# choice for asymmetric grids; Marlin takes symmetric ones) refuses to load. SmolLM2's layers have 576 inputs,
-# 4.5 groups of 128, so for this model we ask for `backend="torch"` (dequantize, then an ordinary matmul) on any
-# device; with groups of 64 or 32, or a model whose widths are multiples of 128, `auto` picks the fast kernel.
-# Only loading attributes such as `backend` are taken from the `GPTQConfig` passed here; the quantization
-# settings come from the checkpoint.
+# *kernel*, the code that multiplies by packed 4-bit weights (notebook 04 looks at them): `TorchAtenLinear`
+# (PyTorch's int4 CPU matmul) on a CPU, Marlin on an NVIDIA GPU of compute capability 8.0 or newer for a
+# symmetric grid, ExLlama v2 otherwise. The fast ones need the number of inputs of every layer to be a multiple of
+# the group size: with groups of 128 this model's 576 inputs would be 4.5 groups, and `TorchAtenLinear` fails
+# with "expect K to be divisible by qGroupSize" while `ExllamaV2Linear` refuses to load. That is why section 4
+# uses groups of 64. The cell checks it anyway, and for a model whose widths do not divide it asks for
+# `backend="torch"` (dequantize, then an ordinary matmul), passed through a `GPTQConfig`: only loading attributes
+# such as `backend` are taken from it; the quantization settings come from the checkpoint.
 
 # %% tags=["nbval-ignore-output"]
 widths = {m.in_features for m in model.modules() if isinstance(m, torch.nn.Linear)}
-BACKEND = "auto" if GROUP_SIZE is None or all(w % GROUP_SIZE == 0 for w in widths) else "torch"
+BACKEND = "auto" if all(w % settings.group_size == 0 for w in widths) else "torch"
 gptq_model = AutoModelForCausalLM.from_pretrained(
     checkpoint, quantization_config=GPTQConfig(bits=BITS, backend=BACKEND), dtype=DTYPE, device_map=DEVICE
 ).eval()
@@ -561,32 +582,36 @@ print("GPTQ    :", generate(gptq_model, tokenizer, messages, max_new_tokens=30))
 
 # %% [markdown]
 # ### Perplexity: baseline, RTN, GPTQ
-# The harness is `quantlab.evaluate.perplexity` (non-overlapping windows, as in the GPTQ paper) on the
-# evaluation text. The RTN model is the baseline with our from-scratch `rtn_quantize` applied to the same
-# layers on the same grid (4 bits, g128, asymmetric): *fake* quantization, the rounded weights kept as floats,
-# so it measures the rounding and not a kernel. The GPTQ model runs gptqmodel's kernel on the packed weights.
+# The harness's protocol (`quantlab.compare.Protocol`: 2048 tokens of the evaluation text on a CPU, 16384 on a
+# GPU, in 512-token windows) through `quantlab.evaluate.perplexity` (non-overlapping windows, as in the GPTQ
+# paper), so the GPTQ line is the number `make run` reports for this checkpoint. The RTN model is the baseline with
+# our from-scratch `rtn_quantize` applied to the same layers on the same grid (4 bits, the same groups,
+# symmetric): *fake* quantization, the rounded weights kept as floats, so it measures the rounding and not a
+# kernel. The GPTQ model runs gptqmodel's kernel on the packed weights.
 
 # %% tags=["nbval-ignore-output"]
 from quantlab import evaluate
 
-eval_ids = data.eval_token_ids(tokenizer, EVAL_TOKENS)
+protocol = compare.Protocol.for_device(DEVICE)
+eval_ids = data.eval_token_ids(tokenizer, protocol.eval_tokens)
 rtn_model = AutoModelForCausalLM.from_pretrained(source.path, dtype=DTYPE, device_map=DEVICE).eval()
 with torch.no_grad():
     for name, module in rtn_model.named_modules():
         if memory.is_quantized_by_default(name, module):  # every Linear but the output head, as GPTQ
-            module.weight.copy_(rtn_quantize(module.weight, BITS, GROUP_SIZE))
+            module.weight.copy_(rtn_quantize(module.weight, BITS, settings.group_size, sym=True))
 
+GRID = f"int4 g{settings.group_size} sym"
 perplexities = {}
-for name, m in (("baseline", model), ("RTN int4 g128", rtn_model), ("GPTQ int4 g128", gptq_model)):
+for name, m in (("baseline", model), (f"RTN {GRID}", rtn_model), (f"GPTQ {GRID}", gptq_model)):
     with timed() as t:
-        perplexities[name] = evaluate.perplexity(m, eval_ids, seq_len=EVAL_SEQ_LEN)
-    print(f"{name:15s} {perplexities[name].ppl:7.2f}   ({t.seconds:.0f} s)")
-print(perplexities["baseline"].protocol, f"on {EVAL_TOKENS} tokens")
+        perplexities[name] = evaluate.perplexity(m, eval_ids, seq_len=protocol.seq_len)
+    print(f"{name:18s} {perplexities[name].ppl:7.2f}   ({t.seconds:.0f} s)")
+print(perplexities["baseline"].protocol, f"on {protocol.eval_tokens} tokens")
 
 # %%
 # NBVAL_CHECK_OUTPUT
 ppl = {name: result.ppl for name, result in perplexities.items()}
-print("GPTQ closer to the baseline than RTN:", ppl["GPTQ int4 g128"] < ppl["RTN int4 g128"])
+print("GPTQ closer to the baseline than RTN:", ppl[f"GPTQ {GRID}"] < ppl[f"RTN {GRID}"])
 
 # %% [markdown]
 # A 135M-parameter model is a hard case for 4 bits: small models lose more than large ones (in the GPTQ paper,
@@ -612,8 +637,8 @@ print("GPTQ closer to the baseline than RTN:", ppl["GPTQ int4 g128"] < ppl["RTN 
 #   the layer's inputs, and quantizes column by column, spreading each rounding error over the later columns.
 # - Our 40-line version and gptqmodel's agree on a real layer given the same inputs and settings, and both
 #   beat round-to-nearest on held-out text.
-# - `GPTQConfig(bits=4, group_size=128, dataset=list_of_texts, tokenizer=tok)` quantizes a whole model; on a CPU
-#   load it back with `backend="torch"` when the layer widths are not multiples of the group size.
+# - `GPTQConfig(bits=4, group_size=64, sym=True, dataset=list_of_texts, tokenizer=tok)` quantizes a whole model;
+#   pick a group size that divides every layer width, or load it back with `backend="torch"`.
 #
 # ## Exercises
 # 1. Quantize the layer again with `GPTQConfig`'s default damping, `damp_percent=0.1`. What is the held-out
@@ -673,7 +698,7 @@ from logbar import LogBar
 from transformers import AutoModelForCausalLM, AutoTokenizer, GPTQConfig
 
 MODEL = Path.home() / ".cache/quantlab/SmolLM2-135M-Instruct-from-Q4_1-gguf"  # or "HuggingFaceTB/SmolLM2-135M-Instruct"
-OUT = Path("results/recipes/SmolLM2-135M-Instruct-gptq-int4-g128")
+OUT = Path("results/recipes/SmolLM2-135M-Instruct-gptq-int4-g64")
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 DTYPE = torch.float16 if DEVICE == "cuda" else torch.float32  # GPTQ's arithmetic; float32 is faster on a CPU
 SAMPLES, CHARACTERS = (128, 2000) if DEVICE == "cuda" else (16, 1000)  # calibration texts, about 4 characters a token
@@ -688,8 +713,8 @@ logging.getLogger("optimum").setLevel(logging.WARNING)  # optimum: no line per l
 tokenizer = AutoTokenizer.from_pretrained(MODEL)
 LLAMA_GROUPS = [["self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"], ["self_attn.o_proj"],
                 ["mlp.gate_proj", "mlp.up_proj"], ["mlp.down_proj"]]  # one calibration pass per group (section 4)
-config = GPTQConfig(bits=4, group_size=128, sym=False, dataset=texts[:SAMPLES], tokenizer=tokenizer,
-                    modules_in_block_to_quantize=LLAMA_GROUPS)
+config = GPTQConfig(bits=4, group_size=64, sym=True, dataset=texts[:SAMPLES], tokenizer=tokenizer,
+                    modules_in_block_to_quantize=LLAMA_GROUPS)  # 64: whole groups of SmolLM2's 576 inputs
 model = AutoModelForCausalLM.from_pretrained(MODEL, quantization_config=config, dtype=DTYPE, device_map=DEVICE)
 model.save_pretrained(OUT)
 tokenizer.save_pretrained(OUT)

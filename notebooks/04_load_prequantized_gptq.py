@@ -27,7 +27,7 @@
 #
 # | runtime | CPU (2 cores) | GPU |
 # |---|---|---|
-# | this notebook | 35 s (the committed run, 2-core CPU, 2026-12-04) | 32 s (nbval on an NVIDIA H200, 2026-11-28) |
+# | this notebook | 20 s (the committed run, 2-core CPU, 2026-12-07) | 32 s (nbval on an NVIDIA H200, 2026-11-28) |
 #
 # Every number in this series is measured when you run the cell, on your hardware. Nothing is typed in.
 
@@ -85,7 +85,8 @@ warnings.filterwarnings("ignore", message=".*You passed `quantization_config`.*"
 # %% [markdown]
 # ## Parameters
 # Offline, this notebook opens the GPTQ checkpoint that notebook 03 saved for `MODEL_ID` (default:
-# SmolLM2-135M-Instruct), or makes it here with the same call when it is missing. Online, set `GPTQ_REPO` to a
+# SmolLM2-135M-Instruct) with the comparison harness's settings, or makes it here with the same calls
+# (`quantlab.methods.gptq_checkpoint`) when it is missing. Online, set `GPTQ_REPO` to a
 # GPTQ repository on the hub instead, for example `"Qwen/Qwen2.5-0.5B-Instruct-GPTQ-Int4"` (459 MB), and
 # `MODEL_ID` to the float model it was made from (`"Qwen/Qwen2.5-0.5B-Instruct"`), which serves as the
 # baseline. `LAYER` names one quantized layer; the name below works for Llama- and Qwen-style models.
@@ -99,44 +100,32 @@ LAYER = "model.layers.0.self_attn.q_proj"
 
 DEVICE = models.default_device()
 DTYPE = models.default_dtype()
-ON_GPU = DEVICE == "cuda"
-CALIB_SAMPLES, CALIB_SEQ_LEN = (128, 512) if ON_GPU else (16, 256)  # only if the checkpoint is made here
 
 # %% [markdown]
 # ## 1. Get a GPTQ checkpoint
 # A GPTQ checkpoint is an ordinary model folder whose `config.json` has a `quantization_config` with
 # `"quant_method": "gptq"`. `from_pretrained` takes it like any other model; nothing else is needed.
 # If notebook 03 has not run on this machine, the next cell quantizes the model with the same `GPTQConfig`
-# call (a few minutes on a CPU).
+# calls (`methods.gptq_checkpoint`, a few minutes on a CPU).
 
 # %% tags=["nbval-ignore-output"]
 from pathlib import Path
 
-from transformers import AutoModelForCausalLM, AutoTokenizer, GPTQConfig
+from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, GPTQConfig
 
-from quantlab import data
+from quantlab import compare, methods
 
 source = models.resolve(MODEL_ID)
-checkpoint = models.cache_dir() / "notebooks" / "03_gptq" / source.model_id.replace("/", "--")
+settings = compare.settings_for(DEVICE, False, AutoConfig.from_pretrained(source.path), "gptq-int4")
+checkpoint = methods.int4_dir(source, "gptq-int4", settings)  # where notebook 03 saved it
 if GPTQ_REPO:
     from huggingface_hub import snapshot_download
 
     checkpoint = Path(snapshot_download(GPTQ_REPO))
 elif not (checkpoint / "config.json").is_file():
-    print("notebook 03's checkpoint is not here: quantizing now, as notebook 03 does")
-    tokenizer = AutoTokenizer.from_pretrained(source.path)
-    gptq_config = GPTQConfig(
-        bits=4, group_size=128, dataset=data.calibration_texts(tokenizer, CALIB_SAMPLES, CALIB_SEQ_LEN),
-        tokenizer=tokenizer, sym=False,
-        modules_in_block_to_quantize=[["self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"],
-                                      ["self_attn.o_proj"], ["mlp.gate_proj", "mlp.up_proj"], ["mlp.down_proj"]],
-    )
-    quantized = AutoModelForCausalLM.from_pretrained(source.path, quantization_config=gptq_config, dtype=DTYPE,
-                                                     device_map=DEVICE)
-    quantized.save_pretrained(checkpoint)
-    tokenizer.save_pretrained(checkpoint)
-    del quantized
-print(checkpoint)
+    print("notebook 03's checkpoint is not here: quantizing now, with the same calls")
+    checkpoint, _ = methods.gptq_checkpoint(source, settings)
+print(checkpoint.relative_to(models.cache_dir()) if checkpoint.is_relative_to(models.cache_dir()) else checkpoint)
 
 # %% [markdown]
 # ### Is it GPTQ? The guide's section 4
@@ -209,7 +198,8 @@ for name in ("qweight", "qzeros", "scales", "g_idx"):
 
 # %% [markdown]
 # For SmolLM2's `q_proj`: 576 inputs × 4 bits / 32 = 72 rows of int32; 576 outputs × 4 / 32 = 72 columns of
-# zero points; and 576 / 128 = 4.5, so five groups, the last one half full.
+# zero points; and 576 / 64 = 9 groups. (With groups of 128 it would be 4.5: five groups, the last one half
+# full, which section 4's fast kernels refuse.)
 #
 # ## 3. Unpack by hand
 # ### One int32 word
@@ -348,7 +338,7 @@ for backend, kernel in AUTO_BACKEND_KERNEL_MAPPING[METHOD.GPTQ][FORMAT(checkpoin
 # What `auto` picks here, and whether it runs:
 
 # %% tags=["nbval-ignore-output"]
-tokenizer = AutoTokenizer.from_pretrained(checkpoint)
+tokenizer = AutoTokenizer.from_pretrained(source.path)  # the float model's: a checkpoint may not carry one
 prompt = tokenizer("The capital of France is", return_tensors="pt").to(DEVICE)
 try:
     auto_model = AutoModelForCausalLM.from_pretrained(checkpoint, dtype=DTYPE, device_map=DEVICE).eval()
@@ -361,15 +351,16 @@ except (RuntimeError, NotImplementedError) as err:
     print(f"failed: {type(err).__name__}: {err}")
 
 # %% [markdown]
-# On a CPU, `auto` takes `TorchAtenLinear`, which checks the bits and the group size but not that the number of
-# inputs is a multiple of the group size. PyTorch's int4 matmul needs that, and SmolLM2's 576 inputs are 4.5
-# groups of 128, so its forward pass fails (the printed error). On a GPU, an asymmetric checkpoint such as ours
-# skips Marlin (symmetric grids only, see the list) and gets `ExllamaV2Linear`, which checks the widths when it
-# loads and refuses (seen on an H200: "`in_features`: 576 must be divisible by `group_size: 128`"). Naming a
-# backend fixes both: `backend="torch"`, passed through a `GPTQConfig` at load time (only loading attributes
-# such as `backend` are taken from it; the quantization settings come from the checkpoint). Models whose layer
-# widths are multiples of 128, such as Qwen2.5-0.5B (896 and 4864 inputs), or groups of 64 for this model,
-# avoid the problem.
+# On a CPU, `auto` takes `TorchAtenLinear` (PyTorch's int4 matmul); on an NVIDIA GPU of compute capability 8.0 or
+# newer, this symmetric checkpoint gets `MarlinLinear`, and `ExllamaV2Linear` on older GPUs such as Colab's T4
+# (or for an asymmetric checkpoint: Marlin takes symmetric grids only, see the list). The fast kernels need every
+# layer's inputs to be whole groups, which is why notebook 03 quantized with groups of 64. A checkpoint whose
+# widths are not, such as this model with groups of 128 (576 inputs, 4.5 groups), fails: `TorchAtenLinear` checks
+# the bits and the group size but not the widths, and its forward pass stops with "expect K to be divisible by
+# qGroupSize"; `ExllamaV2Linear` refuses to load (seen on an H200: "`in_features`: 576 must be divisible by
+# `group_size: 128`"). Naming a backend fixes both: `backend="torch"`, passed through a `GPTQConfig` at load time
+# (only loading attributes such as `backend` are taken from it; the quantization settings come from the
+# checkpoint). The next cell makes that choice from the widths.
 
 # %% tags=["nbval-ignore-output"]
 widths = {m.in_features for m in baseline.modules() if isinstance(m, torch.nn.Linear)}
@@ -392,14 +383,15 @@ print("GPTQ    :", generate(model, tokenizer, messages, max_new_tokens=30))
 # %% [markdown]
 # ## 6. Memory
 # `quantlab.memory.weight_bytes` counts every tensor at its real size, packed buffers included;
-# `estimate_model_bytes` says what int4 with groups of 128 *should* take (a 16-bit scale and a 4-bit zero per
-# group), everything else kept at the model's float width.
+# `estimate_model_bytes` says what int4 with the checkpoint's groups *should* take (a 16-bit scale and a 4-bit
+# zero per group), everything else kept at the model's float width.
 
 # %% tags=["nbval-ignore-output"]
 from quantlab import memory
 
 keep_bytes = baseline.dtype.itemsize
-estimate = memory.estimate_model_bytes(baseline, memory.int_format(4, 128), keep_bytes_per_value=keep_bytes)
+estimate = memory.estimate_model_bytes(baseline, memory.int_format(4, quantization_config["group_size"]),
+                                       keep_bytes_per_value=keep_bytes)
 embedding = baseline.get_input_embeddings().weight
 print(f"baseline ({baseline.dtype}):   {memory.weight_bytes(baseline) / 1e6:6.1f} MB")
 print(f"GPTQ, measured:            {memory.weight_bytes(model) / 1e6:6.1f} MB "
@@ -409,7 +401,7 @@ print(f"of which the embedding:    {embedding.numel() * keep_bytes / 1e6:6.1f} M
 
 # %% [markdown]
 # The measurement and the estimate are close; the small difference is real storage the estimate leaves out:
-# partial groups (576 inputs need 5 groups of 128, not 4.5) and `g_idx`, one int32 per input. In a model this
+# `g_idx`, one int32 per input (and, where a width is not whole groups, the partial last group). In a model this
 # small the unquantized embedding is a large part of the total, which is why 4-bit weights do not make the
 # model 4 or 8 times smaller; in a 7B model the Linear layers dominate.
 #
@@ -419,8 +411,8 @@ print(f"of which the embedding:    {embedding.numel() * keep_bytes / 1e6:6.1f} M
 # - Each layer stores int32-packed 4-bit codes (`qweight`, 8 per word, lowest bits first, along the inputs),
 #   packed zero points (`qzeros`), float16 `scales` and `g_idx`; v1 files store zero − 1, v2 files the zero.
 # - A few lines of torch bit shifts (`quantlab.gptq`) reproduce gptqmodel's dequantized weights exactly.
-# - The kernel is chosen at load time (`backend=`); on a CPU with widths that are not multiples of the group size,
-#   ask for `backend="torch"`.
+# - The kernel is chosen at load time (`backend=`); where the widths are not multiples of the group size, ask for
+#   `backend="torch"`.
 #
 # ## Exercises
 # 1. How many int32 words does `qweight` of `model.layers.0.mlp.down_proj` hold? (Compute it from the layer's
@@ -472,7 +464,7 @@ import torch
 from logbar import LogBar
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, GPTQConfig
 
-CHECKPOINT = Path("results/recipes/SmolLM2-135M-Instruct-gptq-int4-g128")  # notebook 03's recipe wrote it
+CHECKPOINT = Path("results/recipes/SmolLM2-135M-Instruct-gptq-int4-g64")  # notebook 03's recipe wrote it
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 DTYPE = torch.float16 if DEVICE == "cuda" else torch.float32  # what stays unquantized: embeddings, norms, lm_head
 PROMPT = "Machine learning models can be compressed by"

@@ -442,13 +442,14 @@ for name, m in (("baseline", model), ("AWQ", awq_model)):
 # - **baseline**, the unquantized model;
 # - **RTN**: the baseline with `gptq.rtn_quantize` applied to every Linear but the output head, *fake*
 #   quantization (rounded weights kept as floats), so it measures rounding, not a kernel: no speed for it;
-# - **GPTQ** through transformers' `GPTQConfig` exactly as in notebook 03 (`sym=False`), calibrated on **the
-#   same tokens as AWQ**, decoded back to text; cached like the AWQ checkpoint;
+# - **GPTQ** through transformers' `GPTQConfig` as in notebook 03, but on AWQ's grid (`sym=False`, a zero point)
+#   and calibrated on **the same tokens as AWQ**, decoded back to text; cached like the AWQ checkpoint;
 # - **AWQ**, the model just loaded.
 #
 # Why not `quantlab compare` itself? Its AWQ row uses this notebook's AWQ checkpoint (the same settings, so the
-# same cache folder), but it calibrates GPTQ on 16 × 256 tokens on a CPU; here GPTQ sees AWQ's tokens, so the two
-# differ only in the method.
+# same cache folder), but its GPTQ is notebook 03's: a symmetric grid (what fast GPTQ kernels take), calibrated on
+# 16 × 256 tokens on a CPU. Here GPTQ has AWQ's grid and AWQ's tokens, so the two differ only in the method. This
+# GPTQ checkpoint is an experiment of this notebook, kept in a folder of its own.
 
 # %% tags=["nbval-ignore-output", "progress-bar"]
 from transformers import GPTQConfig

@@ -36,8 +36,9 @@
 # ## Setup
 # On Colab the next cell installs what Colab lacks, without replacing Colab's own torch.
 # Locally, `make install` (or `pip install -r requirements.txt`) has done it already.
-# The K-quant method (`gguf-q4_k_m`) also needs `llama-cpp-python`, which compiles llama.cpp (notebook 06 installs
-# it); without it that row of the table says "skipped" and why.
+# The K-quant method (`gguf-q4_k_m`) also needs `llama-cpp-python`, which compiles llama.cpp (on Colab notebook 06
+# builds it when its `BUILD_LLAMA_CPP` is True, about 6 minutes); without it that row of the table says "skipped" and
+# why.
 
 # %%
 import sys

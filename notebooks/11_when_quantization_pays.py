@@ -38,7 +38,8 @@
 # %% [markdown]
 # ## Setup
 # On Colab the next cell installs what Colab lacks, without replacing Colab's own torch. The llama.cpp engine needs
-# `llama-cpp-python`, which compiles llama.cpp (notebook 06 installs it); without it its points say "skipped" and why.
+# `llama-cpp-python`, which compiles llama.cpp (on Colab notebook 06 builds it when its `BUILD_LLAMA_CPP` is True,
+# about 6 minutes); without it its points say "skipped" and why.
 
 # %%
 import sys

@@ -103,12 +103,21 @@ def _free(*objects) -> None:
         torch.cuda.empty_cache()
 
 
+def made_before(checkpoint: Path | None, started: float) -> bool:
+    """Whether a method's checkpoint (folder or file) was on disk before its build started: reused from the cache,
+    by an earlier run or by a notebook that made it with the same settings (notebooks/03, 05)."""
+    return checkpoint is not None and checkpoint.exists() and checkpoint.stat().st_mtime < started
+
+
 def measure_method(method: methods.Method, src: models.ModelSource, settings: methods.Settings,
                    protocol: Protocol, tokenizer, eval_ids, baseline: dict) -> dict:
     """Build one method's model and measure it; returns one result row."""
     row = {"method": method.name, "description": method.description}
+    started = time.time()
     with memory.measure_peak(settings.device) as load_peak:
         built = method.build(src, settings)
+    reused = made_before(built.checkpoint, started)
+    kept = built.checkpoint is not None and built.checkpoint.exists()
     model = built.model
     keep_dtype = model.get_input_embeddings().weight.dtype
     weight = memory.weight_bytes(model)
@@ -121,10 +130,12 @@ def measure_method(method: methods.Method, src: models.ModelSource, settings: me
         # what the weights take where they are stored: the GGUF file's tensors for GGUF, else as loaded
         stored_bits_per_weight=8 * (built.stored_bytes or weight) / baseline["n_parameters"],
         disk_mb=None if built.disk_size() is None else built.disk_size() / memory.MB,
-        quantize_s=built.quantize_seconds, note=built.note,
+        quantize_s=built.quantize_seconds, cache="reused" if reused else "made" if kept else None,
+        note="; ".join(n for n in (built.note, reused and f"reused the cached checkpoint {built.checkpoint.name}")
+                       if n),
     )
     if abs(weight - theoretical) > 0.05 * theoretical and not built.note:
-        row["note"] = f"measured differs from the {fmt.name} estimate by >5%"
+        row["note"] = "; ".join(n for n in (row["note"], f"measured differs from the {fmt.name} estimate by >5%") if n)
     with memory.measure_peak(settings.device) as eval_peak:
         row["ppl"] = evaluate.perplexity(model, eval_ids, protocol.seq_len).ppl
         kl = evaluate.kl_divergence(model, baseline["logprobs"], eval_ids, protocol.seq_len)
@@ -231,7 +242,17 @@ def run(model_id=None, methods_csv=None, eval_source="shakespeare", out_dir="res
             save()
     print(markdown_table(rows))
     print(_sentence(meta["calibration"]))
+    print(reuse_line(rows))
     return rows
+
+
+def reuse_line(rows: list[dict]) -> str:
+    """Which methods loaded a checkpoint that was already in the cache, and which quantized now."""
+    def named(state: str) -> str:
+        return ", ".join(r["method"] for r in rows if r.get("cache") == state) or "none"
+
+    return (f"Checkpoints reused from the cache: {named('reused')}; quantized and cached in this run: {named('made')} "
+            "(bitsandbytes, FP8 and HQQ quantize on every load).")
 
 
 def chosen_methods(methods_csv: str | None) -> list[methods.Method]:
@@ -333,7 +354,7 @@ def write_outputs(rows: list[dict], meta: dict, out: Path) -> None:
     text = [f"# quantlab compare: {meta['model']}", "",
             f"{meta['date']} on {meta['hardware'].get('gpu', 'CPU')} ({meta['device']}); eval text "
             f"{meta['eval_text']}, protocol {meta['protocol']}.", "", _sentence(meta["calibration"]), "",
-            markdown_table(rows), "", *markdown_notes(rows)]
+            reuse_line(rows), "", markdown_table(rows), "", *markdown_notes(rows)]
     write_atomic(out / "results.md", "\n".join(text) + "\n")
     for draw, name in ((plot.ppl_vs_bits, "ppl_vs_bits.png"), (plot.memory_bars, "memory.png"),
                        (plot.decode_speed_bars, "decode_speed.png")):

@@ -13,15 +13,20 @@ import torch
 from quantlab.errors import QuantlabError, check_bits, check_group_size, check_non_negative, check_positive_int
 
 
-def min_max_grid(weights: torch.Tensor, bits: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Asymmetric grid per row of ``weights`` [rows, cols]: ``(scale, zero)``, each [rows, 1]; integer codes are
-    ``0 .. 2**bits - 1`` and ``zero`` is the code that means 0.0 (notebooks/03_gptq)."""
+def min_max_grid(weights: torch.Tensor, bits: int, sym: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """Min-max grid per row of ``weights`` [rows, cols]: ``(scale, zero)``, each [rows, 1]; integer codes are
+    ``0 .. 2**bits - 1`` and ``zero`` is the code that means 0.0. Asymmetric by default; ``sym=True`` spans
+    ``±max|w|`` with ``zero`` at the middle code ``2**(bits - 1)``, as the reference code (notebooks/03_gptq)."""
     low = weights.min(dim=1, keepdim=True).values.clamp(max=0)
     high = weights.max(dim=1, keepdim=True).values.clamp(min=0)
+    if sym:
+        high = torch.maximum(-low, high)
+        low = -high
     flat = (low == 0) & (high == 0)
     low, high = torch.where(flat, -1.0, low), torch.where(flat, 1.0, high)
     scale = (high - low) / (2**bits - 1)
-    return scale, torch.round(-low / scale)
+    zero = torch.full_like(scale, 2 ** (bits - 1)) if sym else torch.round(-low / scale)
+    return scale, zero
 
 
 def fake_quantize(weights: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor, bits: int) -> torch.Tensor:
@@ -38,13 +43,13 @@ def _matrix(weight: torch.Tensor) -> torch.Tensor:
     return weight.detach().float()
 
 
-def rtn_quantize(weight: torch.Tensor, bits: int = 4, group_size: int | None = 128) -> torch.Tensor:
+def rtn_quantize(weight: torch.Tensor, bits: int = 4, group_size: int | None = 128, sym: bool = False) -> torch.Tensor:
     """Round to nearest on GPTQ's grid: one min-max grid per row and group of ``group_size`` columns
     (``None``: per row), every weight rounded on its own. Returns the dequantized float32 weight."""
     bits, group_size = check_bits(bits), check_group_size(group_size)
     w = _matrix(weight)
     step = group_size or w.shape[1]
-    return torch.cat([fake_quantize(g, *min_max_grid(g, bits), bits) for g in w.split(step, dim=1)], dim=1)
+    return torch.cat([fake_quantize(g, *min_max_grid(g, bits, sym), bits) for g in w.split(step, dim=1)], dim=1)
 
 
 def inverse_hessian_factor(h: torch.Tensor, damp_percent: float) -> torch.Tensor:
@@ -75,11 +80,13 @@ def _check_gptq_arguments(w: torch.Tensor, h: torch.Tensor, damp_percent, block_
 
 @torch.no_grad()
 def gptq_quantize(weight: torch.Tensor, h: torch.Tensor, bits: int = 4, group_size: int | None = 128,
-                  damp_percent: float = 0.01, block_size: int = 128, act_order: bool = False) -> torch.Tensor:
+                  damp_percent: float = 0.01, block_size: int = 128, act_order: bool = False,
+                  sym: bool = False) -> torch.Tensor:
     """GPTQ for one weight matrix [out_features, in_features] given the Hessian ``h`` [in, in] of its inputs.
 
     ``group_size=None`` is one grid per output row; ``act_order`` quantizes the columns with the largest
-    ``diag(H)`` first (``desc_act`` in the libraries). Returns the dequantized float32 weight.
+    ``diag(H)`` first (``desc_act`` in the libraries); ``sym``: the grid of :func:`min_max_grid`. Returns the
+    dequantized float32 weight.
     """
     bits, group_size = check_bits(bits), check_group_size(group_size)
     w = _matrix(weight).clone()
@@ -93,7 +100,7 @@ def gptq_quantize(weight: torch.Tensor, h: torch.Tensor, bits: int = 4, group_si
         w, h = w[:, order], h[order][:, order]
     u = inverse_hessian_factor(h, damp_percent)
     q = torch.zeros_like(w)
-    scale, zero = min_max_grid(w, bits)  # per row, replaced at every group start when grouping
+    scale, zero = min_max_grid(w, bits, sym)  # per row, replaced at every group start when grouping
     n_cols = w.shape[1]
     for start in range(0, n_cols, block_size):
         end = min(start + block_size, n_cols)
@@ -102,7 +109,7 @@ def gptq_quantize(weight: torch.Tensor, h: torch.Tensor, bits: int = 4, group_si
         for i, col in enumerate(range(start, end)):
             if group_size and col % group_size == 0:
                 # the group's grid comes from the weights as they stand when its block starts (as in the reference)
-                scale, zero = min_max_grid(w[:, col:col + group_size], bits)
+                scale, zero = min_max_grid(w[:, col:col + group_size], bits, sym)
             q[:, col] = fake_quantize(block[:, i:i + 1], scale, zero, bits)[:, 0]
             errors[:, i] = (block[:, i] - q[:, col]) / u[col, col]
             block[:, i:] -= errors[:, i:i + 1] * u[col:col + 1, col:end]  # OBS update inside the block

@@ -344,25 +344,28 @@ def gptq_block_groups(model_type: str) -> list[list[str]] | None:
     return LLAMA_BLOCK_GROUPS if model_type in LLAMA_STYLE else None
 
 
-def _gptq_dtype(s: Settings) -> torch.dtype:
-    """What GPTQ quantizes in: float32 on a CPU, whose float16 matmuls are far slower; float16 on a GPU."""
-    return torch.float32 if s.device == "cpu" else torch.float16
+def gptq_dtype(device: str) -> torch.dtype:
+    """What GPTQ quantizes in: float32 on a CPU, whose float16 matmuls are far slower; float16 on a GPU
+    (notebooks/03_gptq)."""
+    return torch.float32 if device == "cpu" else torch.float16
 
 
 @gptqmodel_environment()
 def gptq_checkpoint(src: ModelSource, s: Settings) -> tuple[Path, float]:
     """transformers' GPTQConfig (optimum + gptqmodel underneath), calibrated on offline text: the cached
-    checkpoint folder (made now unless cached) and its quantization seconds."""
+    checkpoint folder (made now unless cached) and its quantization seconds. The same calls as notebooks/03
+    (symmetric grid, groups of ``s.group_size``), so a checkpoint made there for the same settings is reused here."""
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, GPTQConfig
 
     def quantize(out: Path) -> None:
         tokenizer = AutoTokenizer.from_pretrained(src.path)
         groups = gptq_block_groups(AutoConfig.from_pretrained(src.path).model_type)
         config = GPTQConfig(bits=4, group_size=s.group_size, dataset=_calibration_texts(src, s), tokenizer=tokenizer,
-                            modules_in_block_to_quantize=groups)
+                            sym=True, modules_in_block_to_quantize=groups)
         model = AutoModelForCausalLM.from_pretrained(src.path, quantization_config=config,
-                                                     dtype=_gptq_dtype(s), device_map=s.device)
+                                                     dtype=gptq_dtype(s.device), device_map=s.device)
         model.save_pretrained(out)
+        tokenizer.save_pretrained(out)
 
     target = int4_dir(src, "gptq-int4", s)
     return target, cached_or_quantize(target, quantize)
@@ -393,7 +396,7 @@ def build_rtn(src: ModelSource, s: Settings) -> Built:
     def quantize(out: Path) -> None:
         from gptqmodel import BACKEND, GPTQModel
 
-        dtype = "auto" if s.device == "cpu" else _gptq_dtype(s)  # on a GPU GPTQ's float16: the same kernel
+        dtype = "auto" if s.device == "cpu" else gptq_dtype(s.device)  # on a GPU GPTQ's float16: the same kernel
         model = GPTQModel.load(src.path, rtn_config(s), device=s.device, dtype=dtype)
         model.quantize(None, backend=BACKEND.AUTO)
         model.save(str(out))

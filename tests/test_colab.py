@@ -63,13 +63,28 @@ def test_setup_cell_keeps_everything_but_the_install_block():
     assert '"/local/quantlab"' in "\n".join(lines) and "example.org" not in "\n".join(lines)
 
 
-def test_setup_cell_keeps_the_notebooks_own_build_commands():
+def test_setup_cell_keeps_the_notebooks_own_install_commands():
     source = "\n".join([build.SETUP_MARKER, "if IS_COLAB:", '    # %pip install -q "quantlab"',
-                        '    # !CMAKE_ARGS="-DX=OFF" pip install -q llama-cpp-python==0.3.36', "    pass"])
+                        "    # !pip install -q openai==3.57.0", "    pass"])
     lines = build.colab_setup(source).splitlines()
-    assert lines[-1] == '    !CMAKE_ARGS="-DX=OFF" pip install -q llama-cpp-python==0.3.36'
-    copy = json.loads((build.COLAB / "06_gguf.ipynb").read_text())
-    assert any("    !CMAKE_ARGS" in "".join(cell["source"]) for cell in copy["cells"])
+    assert lines[-1] == "    !pip install -q openai==3.57.0"
+
+
+def test_llama_cpp_is_compiled_only_when_the_reader_asks():
+    source = "\n".join(["BUILD_LLAMA_CPP = False", build.SETUP_MARKER, "if IS_COLAB:", "    pass",
+                        "if IS_COLAB and BUILD_LLAMA_CPP:",
+                        '    # !CMAKE_ARGS="-DX=OFF" pip install -q llama-cpp-python==0.3.36', "    pass",
+                        "# !not a command: outside the block"])
+    lines = build.colab_setup(source).splitlines()
+    assert lines[-4:] == ["if IS_COLAB and BUILD_LLAMA_CPP:",
+                          '    !CMAKE_ARGS="-DX=OFF" pip install -q llama-cpp-python==0.3.36', "    pass",
+                          "# !not a command: outside the block"]
+    for name in ("06_gguf", "12_serving"):  # the copies: the compile sits under the switch, which is off
+        setup = next("".join(c["source"]) for c in json.loads((build.COLAB / f"{name}.ipynb").read_text())["cells"]
+                     if build.SETUP_MARKER in "".join(c["source"]))
+        assert "BUILD_LLAMA_CPP = False" in setup
+        assert setup.split("if IS_COLAB and BUILD_LLAMA_CPP:")[0].count("llama-cpp-python==") == 0
+        assert "    !CMAKE_ARGS" in setup.split("if IS_COLAB and BUILD_LLAMA_CPP:")[1]
 
 
 def test_setup_cell_without_an_install_block_gets_one():

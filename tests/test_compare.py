@@ -245,3 +245,17 @@ def test_hqq_and_kv_cache_measured_fp8_skipped_on_cpu(tmp_path):
     assert rows["kv-int4"]["status"] == "ok" and rows["kv-int4"]["kl"] > rows["baseline"]["kl"]
     for name in ("fp8-wo", "fp8-w8a8"):
         assert rows[name]["status"].startswith("skipped: needs an NVIDIA GPU of compute capability 8.9")
+
+
+def test_compare_says_which_checkpoints_it_reused(tmp_path):
+    old, new = tmp_path / "gptq-int4-g64-old", tmp_path / "awq-int4-g64-new"
+    old.mkdir()
+    started = old.stat().st_mtime + 1
+    new.mkdir()
+    os.utime(new, (started + 1, started + 1))
+    assert compare.made_before(old, started) and not compare.made_before(new, started)
+    assert not compare.made_before(None, started) and not compare.made_before(tmp_path / "missing", started)
+    rows = [{"method": "gptq-int4", "cache": "reused"}, {"method": "awq-int4", "cache": "made"},
+            {"method": "bnb-nf4", "cache": None}]
+    assert compare.reuse_line(rows).startswith(
+        "Checkpoints reused from the cache: gptq-int4; quantized and cached in this run: awq-int4")

@@ -20,11 +20,11 @@ def layer_data(layer_inputs):
     return layer_inputs(LAYER)
 
 
-def gptqmodel_quantize(layer, x_calibration, bits, group_size, damp_percent, act_order):
+def gptqmodel_quantize(layer, x_calibration, bits, group_size, damp_percent, act_order, sym=False):
     from gptqmodel.quantization import QuantizeConfig
     from gptqmodel.quantization.gptq import GPTQ
 
-    qcfg = QuantizeConfig(bits=bits, group_size=group_size or -1, damp_percent=damp_percent, sym=False,
+    qcfg = QuantizeConfig(bits=bits, group_size=group_size or -1, damp_percent=damp_percent, sym=sym,
                           desc_act=act_order, act_group_aware=False)
     reference = GPTQ(copy.deepcopy(layer), qcfg)
     reference.quantizer.configure(perchannel=True)
@@ -32,20 +32,43 @@ def gptqmodel_quantize(layer, x_calibration, bits, group_size, damp_percent, act
     return reference.quantize()[0]
 
 
-@pytest.mark.parametrize("bits, group_size, act_order", [(4, 128, False), (3, None, False), (4, 32, True)])
-def test_gptq_beats_rtn_and_matches_gptqmodel(layer_data, bits, group_size, act_order):
+@pytest.mark.parametrize("bits, group_size, act_order, sym",
+                         [(4, 128, False, False), (3, None, False, False), (4, 32, True, False), (4, 64, False, True)])
+def test_gptq_beats_rtn_and_matches_gptqmodel(layer_data, bits, group_size, act_order, sym):
     layer, x_calibration, x_held_out = layer_data
     weight = layer.weight.detach()
     h = gptq.hessian(x_calibration)
-    ours = gptq.gptq_quantize(weight, h, bits, group_size, damp_percent=0.01, act_order=act_order)
-    theirs = gptqmodel_quantize(layer, x_calibration, bits, group_size, 0.01, act_order)
-    rtn = gptq.rtn_quantize(weight, bits, group_size)
+    ours = gptq.gptq_quantize(weight, h, bits, group_size, damp_percent=0.01, act_order=act_order, sym=sym)
+    theirs = gptqmodel_quantize(layer, x_calibration, bits, group_size, 0.01, act_order, sym)
+    rtn = gptq.rtn_quantize(weight, bits, group_size, sym)
 
     def error(w):
         return gptq.relative_output_error(weight, w, x_held_out)
 
     assert error(ours) < error(rtn)
     assert error(ours) == pytest.approx(error(theirs), rel=0.1)
+
+
+@pytest.mark.parametrize("sym", [False, True])
+def test_rtn_grid_is_gptqmodels(sym):
+    """Notebook 03's grid, asymmetric and symmetric, rounds exactly as gptqmodel's Quantizer, group by group."""
+    from gptqmodel.quantization import QuantizeConfig
+    from gptqmodel.quantization.quantizer import Quantizer
+
+    torch.manual_seed(0)
+    w = torch.randn(64, 576)
+    quantizer = Quantizer(QuantizeConfig(bits=4, group_size=64, sym=sym, offload_to_disk=False))
+    quantizer.configure(perchannel=True)
+    theirs = []
+    for group in w.split(64, dim=1):
+        quantizer.find_params(group, weight=True)
+        theirs.append(quantizer.quantize(group))
+    assert torch.equal(gptq.rtn_quantize(w, 4, 64, sym=sym), torch.cat(theirs, dim=1))
+
+
+def test_symmetric_grid_has_its_zero_in_the_middle():
+    scale, zero = gptq.min_max_grid(torch.tensor([[-1.0, 0.25, 0.5]]), bits=4, sym=True)
+    assert zero.item() == 8 and scale.item() == pytest.approx(2 / 15)
 
 
 def test_rtn_uses_at_most_2_to_the_bits_values_per_group():

@@ -35,7 +35,9 @@ python=${PYTHON:-python3}
 out=${OUT:-/tmp/quantlab-out}
 mkdir -p "$stage" "$out"
 export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 MPLBACKEND=Agg PYTHONUNBUFFERED=1
-export QUANTLAB_CACHE=/tmp/quantlab-cache GPTQMODEL_OFFLINE=1
+# QUANTLAB_CACHE=/tmp/quantlab-cache-t4 gives a job a cache of its own (a T4-view notebook quantizes afresh, as on
+# Colab, and no job waits on another's checkpoint)
+export QUANTLAB_CACHE=${QUANTLAB_CACHE:-/tmp/quantlab-cache} GPTQMODEL_OFFLINE=1
 # vLLM's sampler imports FlashInfer unless told not to; the bundle leaves FlashInfer out (vllm-requirements.txt)
 export VLLM_USE_FLASHINFER_SAMPLER=0
 # NVLink multicast stays off on the runner's multi-GPU machines (the device tool's notes): vLLM's tensor parallelism
