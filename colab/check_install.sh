@@ -107,7 +107,7 @@ echo "== nbval took $(( $(date +%s) - t0 )) s"
 
 # Per copy: setup seconds, nbval cells passed/failed and seconds -> $WORK/summary.json (RECORD=FILE copies it)
 "$VENV/bin/python" - "$WORK" <<'EOF2'
-import json, platform, sys, time, xml.etree.ElementTree as ET
+import json, os, platform, sys, time, xml.etree.ElementTree as ET
 from importlib.metadata import version
 from pathlib import Path
 
@@ -125,7 +125,7 @@ for case in ET.parse(work / "nbval.xml").iter("testcase"):
         "skipped" if case.find("skipped") is not None else "passed"
     row[outcome] += 1
 summary = {"date": time.strftime("%Y-%m-%d"), "python": platform.python_version(), "torch": version("torch"),
-           "transformers": version("transformers"), "numpy": version("numpy"), "cpus": __import__("os").cpu_count(),
+           "transformers": version("transformers"), "numpy": version("numpy"), "cpus": os.cpu_count(),
            "copies": {name: {"setup_seconds": install[name]["setup_seconds"], **copies.get(name, {})}
                       for name in install}}
 (work / "summary.json").write_text(json.dumps(summary, indent=1))
