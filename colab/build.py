@@ -5,7 +5,7 @@ fails while colab/ is out of date. The copies are generated, never edited by han
 Each copy:
 
 - starts with a markdown cell saying it is generated, from which source, and how long its setup cell took in
-  the last recorded Colab-like check (``docs/runs/colab-check.json``, written by ``colab/check_install.sh``);
+  the last recorded Colab-like check (``docs/colab-check.json``, written by ``colab/check_install.sh``);
 - has the ``if IS_COLAB:`` block of its setup cell replaced by the install lines below, which add only what
   Colab lacks and leave Colab's torch and numpy alone, so no session restart is needed; a notebook that
   needs an install step of its own (12: openai, vLLM on a GPU) writes it in its block as a shell line
@@ -39,8 +39,8 @@ REPO = REPO_URL.removeprefix("https://github.com/")  # owner/name
 QUANTLAB_SPEC = f"quantlab @ git+{REPO_URL}"
 
 SETUP_MARKER = 'IS_COLAB = "google.colab" in sys.modules'
-# What `RECORD=docs/runs/colab-check.json colab/check_install.sh` measured: each copy's setup seconds (header cell)
-SETUP_CHECK = ROOT / "docs" / "runs" / "colab-check.json"
+# What `RECORD=docs/colab-check.json colab/check_install.sh` measured: each copy's setup seconds (header cell)
+SETUP_CHECK = ROOT / "docs" / "colab-check.json"
 NOTEBOOK_METADATA = {
     "accelerator": "GPU",
     "colab": {"gpuType": "T4", "provenance": []},

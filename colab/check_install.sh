@@ -6,7 +6,7 @@
 #   - every copy (or those named in NOTEBOOKS) must pass nbval offline (the install cells are no-ops outside Colab),
 #   - then a table per copy: setup seconds, nbval pass/fail, cells, seconds (also $VENV.work/summary.json).
 # Usage: [PYTHON=python3.13] [TORCH_SPEC=torch==2.11.0] [NOTEBOOKS="colab/*.ipynb"] [WITH_LLAMA_CPP=1]
-#        [RECORD=docs/runs/colab-check.json] colab/check_install.sh [VENV]   (VENV default /tmp/colabenv; rebuilt)
+#        [RECORD=docs/colab-check.json] colab/check_install.sh [VENV]   (VENV default /tmp/colabenv; rebuilt)
 # The defaults are Colab's: Python 3.13 (here through pyenv: PYENV_VERSION=3.13.0), torch 2.11.0 (PyPI's CUDA
 # build, which runs on a CPU too; about 3 GB with its CUDA libraries), every copy. RECORD=FILE keeps the summary
 # that colab/build.py writes into each copy's first cell (its setup time) and the README's table cites.

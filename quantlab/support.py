@@ -24,10 +24,19 @@ START, END = "<!-- support-matrix:start -->", "<!-- support-matrix:end -->"
 
 def load_runs(folder: Path = RUNS) -> list[dict]:
     """The recorded compare runs, in file-name order."""
-    runs = [json.loads(path.read_text()) for path in sorted(folder.glob("*.json"))]
-    if not runs:
+    paths = sorted(folder.glob("*.json"))
+    if not paths:
         raise QuantlabError(f"No recorded runs in {folder}: copy a `quantlab compare` results.json there.")
-    return runs
+    return [compare_run(path) for path in paths]
+
+
+def compare_run(path: Path) -> dict:
+    """One recorded run, or a clear error when the file is not a `quantlab compare` results.json."""
+    run = json.loads(path.read_text())
+    if not isinstance(run, dict) or not {"meta", "results"} <= run.keys():
+        raise QuantlabError(f"{path} is not a `quantlab compare` results.json (it lacks 'meta' and 'results'): "
+                            f"keep only compare runs in {path.parent}, and other records elsewhere under docs/.")
+    return run
 
 
 def machine_label(meta: dict) -> str:

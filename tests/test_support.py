@@ -1,8 +1,12 @@
 """The support matrix: generated from docs/runs/, and README.md's copy is current."""
 
 import copy
+import json
+
+import pytest
 
 from quantlab import methods, support
+from quantlab.errors import QuantlabError
 
 
 def test_readme_support_matrix_is_current_with_the_recorded_runs():
@@ -28,3 +32,10 @@ def test_recorded_cpu_run_measures_hqq_and_skips_fp8_with_the_reason():
     assert rows["hqq-int4"]["status"] == "ok"
     for name in ("fp8-wo", "fp8-w8a8"):
         assert rows[name]["status"].startswith("skipped: needs an NVIDIA GPU of compute capability 8.9")
+
+
+def test_a_file_that_is_not_a_compare_run_is_named_in_a_clear_error(tmp_path):
+    (tmp_path / "a.json").write_text(json.dumps(support.load_runs()[0]))
+    (tmp_path / "colab-check.json").write_text(json.dumps({"copies": {}}))
+    with pytest.raises(QuantlabError, match="colab-check.json is not a `quantlab compare` results.json"):
+        support.load_runs(tmp_path)
