@@ -25,6 +25,7 @@
 # - how to write GGUF files yourself (`gguf.GGUFWriter`), quantize to Q4_K_M with llama.cpp, and what each costs
 #   in perplexity;
 # - why loading a GGUF in transformers saves disk but not memory, and how fast real llama.cpp runs it on a CPU.
+# - the path to take with a checkpoint of your own, in one cell: llama.cpp's converter and quantizer (the recipe).
 #
 # | runtime | CPU (2 cores) | GPU |
 # |---|---|---|
@@ -555,3 +556,65 @@ check("exercise 1", ffn_up_q4_0_bytes, q4_0_table["blk.0.ffn_up.weight"].n_bytes
 check("exercise 2", q6_k_bits, 8 * 210 / 256)
 check("exercise 3", embedding_share,
       q4_0_table["token_embd.weight"].n_bytes / sum(row.n_bytes for row in q4_0_table.values()))
+
+
+# %% [markdown]
+# ## Recipe: a checkpoint to Q4_K_M with llama.cpp, in one cell
+# The notebook's last cell: the library path a reader takes with a checkpoint of their own, where section 4 used
+# quantlab's writer to show what a GGUF file holds. llama.cpp's converter, `convert_hf_to_gguf.py`, turns the
+# checkpoint into an F16 file (names, RoPE order, tokenizer and metadata), llama.cpp's quantizer makes Q4_K_M of it,
+# and llama.cpp generates. The converter is a script of the llama.cpp repository, not a module of a package; the
+# source package of llama-cpp-python carries it (`vendor/llama.cpp`), at the llama.cpp version that the installed
+# llama-cpp-python runs, so the cell downloads that source package (76 MB, once) instead of cloning the repository.
+# It runs alone in a fresh Python, with nothing from this notebook or from quantlab (`tests/test_recipes.py` runs it
+# so). It needs llama-cpp-python (on Colab: `BUILD_LLAMA_CPP = True` in the setup cell) and sentencepiece, which the
+# converter imports whatever the tokenizer. `MODEL` is the float checkpoint this series converted from the bundled
+# GGUF; put a folder of your own there (a Llama, Qwen, Mistral, Gemma, ... that the converter knows).
+
+# %% tags=["recipe", "nbval-skip"]
+import ctypes
+import subprocess
+import sys
+import tarfile
+from pathlib import Path
+
+import llama_cpp
+
+MODEL = Path.home() / ".cache/quantlab/SmolLM2-135M-Instruct-from-Q4_1-gguf"  # or a folder of your own
+LLAMA_CPP_PYTHON = "llama-cpp-python==0.3.36"  # the installed version: its converter matches its llama.cpp
+WORK = Path("gguf-recipe")  # the source package and both GGUF files go here
+PROMPT = "Machine learning models can be compressed by"
+
+# 1. llama.cpp's converter, from llama-cpp-python's source package (only its Python files are unpacked)
+converter = WORK / "llama.cpp" / "convert_hf_to_gguf.py"
+if not converter.exists():
+    subprocess.run([sys.executable, "-m", "pip", "download", "-q", "--no-deps", "--no-binary", ":all:",
+                    LLAMA_CPP_PYTHON, "-d", WORK], check=True)
+    with tarfile.open(next(WORK.glob("llama_cpp_python-*.tar.gz"))) as sdist:
+        scripts = [m for m in sdist.getmembers() if "/vendor/llama.cpp/" in m.name and m.name.endswith(".py")]
+        for member in scripts:
+            member.name = "llama.cpp/" + member.name.split("/vendor/llama.cpp/", 1)[1]
+        sdist.extractall(WORK, scripts, filter="data")
+
+# 2. checkpoint -> F16 GGUF; the converter logs every tensor, so its output is shown only if it fails
+f16 = WORK / "model-F16.gguf"
+converted = subprocess.run([sys.executable, converter, MODEL, "--outtype", "f16", "--outfile", f16],
+                           capture_output=True, text=True)
+if converted.returncode != 0:
+    sys.exit(f"convert_hf_to_gguf.py failed:\n{converted.stderr[-3000:]}")
+
+# 3. F16 -> Q4_K_M with llama.cpp's quantizer, the code behind its llama-quantize tool. It logs every tensor
+# through llama.cpp's log callback; this one keeps the log for an error message instead of printing it.
+log = []
+keep_log = llama_cpp.llama_log_callback(lambda level, text, user_data: log.append(text.decode(errors="replace")))
+llama_cpp.llama_log_set(keep_log, None)
+q4_k_m = WORK / "model-Q4_K_M.gguf"
+params = llama_cpp.llama_model_quantize_default_params()
+params.ftype = llama_cpp.LLAMA_FTYPE_MOSTLY_Q4_K_M
+if llama_cpp.llama_model_quantize(bytes(f16), bytes(q4_k_m), ctypes.byref(params)) != 0:
+    sys.exit(f"llama.cpp could not quantize {f16}:\n{''.join(log[-30:])}")
+print(f"{f16.name} {f16.stat().st_size / 1e6:.0f} MB -> {q4_k_m.name} {q4_k_m.stat().st_size / 1e6:.0f} MB")
+
+# 4. generate with llama.cpp, greedy
+llm = llama_cpp.Llama(model_path=str(q4_k_m), n_ctx=512, verbose=False)
+print(PROMPT + llm(PROMPT, max_tokens=24, temperature=0.0)["choices"][0]["text"])

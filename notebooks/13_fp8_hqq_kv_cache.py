@@ -29,6 +29,7 @@
 # - the KV cache: how its bytes grow with the context until they outweigh the weights, how transformers'
 #   quantized cache shrinks it (measured bytes against the arithmetic), and what that costs in perplexity;
 # - FP8, HQQ and the quantized cache in `quantlab compare`, beside the methods of notebooks 03-09.
+# - HQQ and the quantized KV cache as one-cell recipes to copy.
 #
 # | runtime | CPU (2 cores) | GPU |
 # |---|---|---|
@@ -690,3 +691,66 @@ from quantlab.exercises import check
 check("exercise 1", e4m3_value, decode(0b0_0111_010, E4M3))
 check("exercise 2", kv_bytes_4bit_8b, kv_cache_bytes(32768, 32, 8, 128, bits=4, group_size=64))
 check("exercise 3", e5m2_of_300, decode_tensor(encode(torch.tensor([300.0]), E5M2), E5M2).item())
+
+
+# %% [markdown]
+# ## Recipes: HQQ and a quantized KV cache, one cell each
+# The notebook's last cells, because run here they take over names such as `model` and `tokenizer`. Each runs
+# alone in a fresh Python, with nothing from this notebook or from quantlab (`tests/test_recipes.py` runs them so),
+# with the settings of `quantlab compare`. `MODEL` is the float checkpoint this series converted from the bundled
+# GGUF; put a folder of your own or a hub id there.
+#
+# HQQ 4-bit, groups of 64, no calibration data. transformers 5.17's `HqqConfig` cannot quantize on load
+# (`from_pretrained` raises "QuantizationMethod.HQQ is not available yet"), so hqq's own model API quantizes the
+# loaded model in place, with the settings `HqqConfig(nbits=4, group_size=64)` stands for:
+
+# %% tags=["recipe", "nbval-skip"]
+import logging
+from pathlib import Path
+
+logging.getLogger("torchao").setLevel(logging.ERROR)  # hqq imports torchao: notices about kernels not used here
+logging.getLogger("torch.utils._pytree").setLevel(logging.ERROR)  # torch deprecation notices at that import
+import torch
+from hqq.core.quantize import BaseQuantizeConfig
+from hqq.models.hf.base import AutoHQQHFModel
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+MODEL = Path.home() / ".cache/quantlab/SmolLM2-135M-Instruct-from-Q4_1-gguf"  # or "HuggingFaceTB/SmolLM2-135M-Instruct"
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+DTYPE = torch.float32  # on a CPU; on a GPU bfloat16 where it has it (compute capability 8.0+), else float16 (a T4)
+if DEVICE == "cuda":
+    DTYPE = torch.bfloat16 if torch.cuda.get_device_capability()[0] >= 8 else torch.float16
+PROMPT = "Machine learning models can be compressed by"
+
+tokenizer = AutoTokenizer.from_pretrained(MODEL)
+model = AutoModelForCausalLM.from_pretrained(MODEL, dtype=DTYPE, device_map=DEVICE)
+AutoHQQHFModel.quantize_model(model, quant_config=BaseQuantizeConfig(nbits=4, group_size=64, axis=1),
+                              compute_dtype=DTYPE, device=DEVICE)
+inputs = tokenizer(PROMPT, return_tensors="pt").to(DEVICE)
+output = model.generate(**inputs, max_new_tokens=20, do_sample=False)
+print(tokenizer.decode(output[0], skip_special_tokens=True))
+
+# %% [markdown]
+# The float model with a 4-bit KV cache: transformers' `QuantizedCache` on hqq's quantizer, groups of 64 along
+# the head dimension, the newest tokens kept in full precision until a block of them is quantized
+# (`residual_length`, 128 by default). `nbits=8` for the 8-bit cache.
+
+# %% tags=["recipe", "nbval-skip"]
+from pathlib import Path
+
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer, QuantizedCache
+
+MODEL = Path.home() / ".cache/quantlab/SmolLM2-135M-Instruct-from-Q4_1-gguf"  # or "HuggingFaceTB/SmolLM2-135M-Instruct"
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+DTYPE = torch.float32  # on a CPU; on a GPU bfloat16 where it has it (compute capability 8.0+), else float16 (a T4)
+if DEVICE == "cuda":
+    DTYPE = torch.bfloat16 if torch.cuda.get_device_capability()[0] >= 8 else torch.float16
+PROMPT = "Machine learning models can be compressed by"
+
+tokenizer = AutoTokenizer.from_pretrained(MODEL)
+model = AutoModelForCausalLM.from_pretrained(MODEL, dtype=DTYPE, device_map=DEVICE)
+cache = QuantizedCache(backend="hqq", config=model.config, nbits=4, q_group_size=64)
+inputs = tokenizer(PROMPT, return_tensors="pt").to(DEVICE)
+output = model.generate(**inputs, past_key_values=cache, max_new_tokens=20, do_sample=False)
+print(tokenizer.decode(output[0], skip_special_tokens=True))

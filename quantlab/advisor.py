@@ -33,15 +33,17 @@ CONFIGS = {
                 "        bnb_4bit_use_double_quant=True, bnb_4bit_compute_dtype=torch.bfloat16))  # float16 on a T4"),
     "gptq-int4": ("AutoModelForCausalLM.from_pretrained(model_id, device_map=\"auto\",\n"
                   "    quantization_config=GPTQConfig(bits=4, group_size=128, dataset=texts, tokenizer=tok))"),
-    "awq-int4": ("model = GPTQModel.load(model_id, AWQConfig(bits=4, group_size=128))\n"
+    "awq-int4": ("model = GPTQModel.load(model_id, AWQConfig(bits=4, group_size=128, sym=False))  # zero point\n"
                  "model.quantize(calibration_texts); model.save(out_dir)  # then from_pretrained(out_dir)"),
     "fp8-w8a8": ("AutoModelForCausalLM.from_pretrained(model_id, dtype=torch.bfloat16, device_map=\"auto\",\n"
                  "    quantization_config=TorchAoConfig(\n"
                  "        Float8DynamicActivationFloat8WeightConfig(granularity=PerRow())))"),
     "fp8-wo": ("AutoModelForCausalLM.from_pretrained(model_id, dtype=torch.bfloat16, device_map=\"auto\",\n"
                "    quantization_config=TorchAoConfig(Float8WeightOnlyConfig()))"),
-    "hqq-int4": ("AutoModelForCausalLM.from_pretrained(model_id, device_map=\"auto\",\n"
-                 "    quantization_config=HqqConfig(nbits=4, group_size=64))  # no calibration data"),
+    "hqq-int4": ("model = AutoModelForCausalLM.from_pretrained(model_id, dtype=\"auto\", device_map=\"auto\")\n"
+                 "AutoHQQHFModel.quantize_model(model, compute_dtype=model.dtype, device=model.device,\n"
+                 "    quant_config=BaseQuantizeConfig(nbits=4, group_size=64, axis=1))  # no calibration data\n"
+                 "# (hqq's own API: transformers 5.17's HqqConfig cannot quantize on load)"),
     "kv-int8": 'model.generate(**inputs, past_key_values=QuantizedCache(backend="hqq", config=model.config, nbits=8))',
     "kv-int4": 'model.generate(**inputs, past_key_values=QuantizedCache(backend="hqq", config=model.config, nbits=4))',
     "gguf-q8_0": 'AutoModelForCausalLM.from_pretrained(folder, gguf_file="model-Q8_0.gguf")  # or llama.cpp',

@@ -109,6 +109,14 @@ def made_before(checkpoint: Path | None, started: float) -> bool:
     return checkpoint is not None and checkpoint.exists() and checkpoint.stat().st_mtime < started
 
 
+def cache_state(built: methods.Built, started: float) -> str | None:
+    """"reused" or "made" for a quantized checkpoint in the cache; None where the method keeps none: the baseline
+    and the KV-cache methods read the float checkpoint itself, bitsandbytes and HQQ quantize on every load."""
+    if built.quantize_seconds is None or built.checkpoint is None or not built.checkpoint.exists():
+        return None
+    return "reused" if made_before(built.checkpoint, started) else "made"
+
+
 def measure_method(method: methods.Method, src: models.ModelSource, settings: methods.Settings,
                    protocol: Protocol, tokenizer, eval_ids, baseline: dict) -> dict:
     """Build one method's model and measure it; returns one result row."""
@@ -116,8 +124,7 @@ def measure_method(method: methods.Method, src: models.ModelSource, settings: me
     started = time.time()
     with memory.measure_peak(settings.device) as load_peak:
         built = method.build(src, settings)
-    reused = made_before(built.checkpoint, started)
-    kept = built.checkpoint is not None and built.checkpoint.exists()
+    cache = cache_state(built, started)
     model = built.model
     keep_dtype = model.get_input_embeddings().weight.dtype
     weight = memory.weight_bytes(model)
@@ -130,9 +137,9 @@ def measure_method(method: methods.Method, src: models.ModelSource, settings: me
         # what the weights take where they are stored: the GGUF file's tensors for GGUF, else as loaded
         stored_bits_per_weight=8 * (built.stored_bytes or weight) / baseline["n_parameters"],
         disk_mb=None if built.disk_size() is None else built.disk_size() / memory.MB,
-        quantize_s=built.quantize_seconds, cache="reused" if reused else "made" if kept else None,
-        note="; ".join(n for n in (built.note, reused and f"reused the cached checkpoint {built.checkpoint.name}")
-                       if n),
+        quantize_s=built.quantize_seconds, cache=cache,
+        note="; ".join(n for n in (built.note,
+                                   cache == "reused" and f"reused the cached checkpoint {built.checkpoint.name}") if n),
     )
     if abs(weight - theoretical) > 0.05 * theoretical and not built.note:
         row["note"] = "; ".join(n for n in (row["note"], f"measured differs from the {fmt.name} estimate by >5%") if n)

@@ -181,6 +181,7 @@ def convert_bundled_gguf() -> Path:
     """
     target = bundled_checkpoint_dir()
     if (target / "config.json").is_file():
+        use_byte_level_decoder(target / "tokenizer.json")  # a checkpoint converted before 2026-12-07
         return target
     gguf = bundled_gguf_path()
     ggml.open_gguf(gguf, fix=f"reinstall the package: {REINSTALL_BUNDLED}")  # a damaged file says so
@@ -199,6 +200,7 @@ def convert_bundled_gguf() -> Path:
         model.save_pretrained(tmp)
         tokenizer.clean_up_tokenization_spaces = False  # GGUF's BPE tokenizer; the cleanup would eat spaces
         tokenizer.save_pretrained(tmp)
+        use_byte_level_decoder(tmp / "tokenizer.json")
         tmp.chmod(0o755)
         provenance = {"gguf": str(gguf), "package": f"{BUNDLED_DIST}=={importlib.metadata.version(BUNDLED_DIST)}"}
         (tmp / "quantlab_source.json").write_text(json.dumps(provenance, indent=2))
@@ -210,6 +212,20 @@ def convert_bundled_gguf() -> Path:
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return target
+
+
+def use_byte_level_decoder(tokenizer_json: Path) -> None:
+    """Give the converted tokenizer SmolLM2's own decoder, ByteLevel. transformers' GGUF reader builds a sequence
+    (ByteFallback, Fuse, Replace, ByteLevel) that decodes every token the same, but llama.cpp's
+    ``convert_hf_to_gguf.py`` takes a tokenizer with that sequence for a SentencePiece one and writes a file
+    llama.cpp cannot load (notebooks/06_gguf, its recipe). Rewritten atomically; a right one is left alone."""
+    spec = json.loads(tokenizer_json.read_text())
+    if spec["decoder"]["type"] == "ByteLevel":
+        return
+    spec["decoder"] = {"type": "ByteLevel", "add_prefix_space": True, "trim_offsets": True, "use_regex": True}
+    tmp = tokenizer_json.with_name(f".{tokenizer_json.name}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(spec, ensure_ascii=False, indent=2))
+    os.replace(tmp, tokenizer_json)
 
 
 def _check_causal_lm(config, model_id: str) -> None:

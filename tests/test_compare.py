@@ -255,6 +255,11 @@ def test_compare_says_which_checkpoints_it_reused(tmp_path):
     os.utime(new, (started + 1, started + 1))
     assert compare.made_before(old, started) and not compare.made_before(new, started)
     assert not compare.made_before(None, started) and not compare.made_before(tmp_path / "missing", started)
+    float_source = methods.Built(None, None, old)  # the baseline: its checkpoint is the float model, no cache
+    assert compare.cache_state(float_source, started) is None
+    assert compare.cache_state(methods.Built(None, 12.0, old), started) == "reused"
+    assert compare.cache_state(methods.Built(None, 12.0, new), started) == "made"
+    assert compare.cache_state(methods.Built(None, 3.0, None), started) is None  # HQQ, bitsandbytes: nothing kept
     rows = [{"method": "gptq-int4", "cache": "reused"}, {"method": "awq-int4", "cache": "made"},
             {"method": "bnb-nf4", "cache": None}]
     assert compare.reuse_line(rows).startswith(

@@ -1,6 +1,7 @@
 """quantlab.models: the default model offline, and clear errors for bad input."""
 
 import importlib.metadata
+import json
 import os
 import signal
 import subprocess
@@ -10,6 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from tokenizers import Tokenizer
 
 from quantlab import generate, models
 from quantlab.errors import QuantlabError
@@ -28,6 +30,27 @@ def test_default_model_generates_coherent_english(default_model):
     assert "Paris" in text
     words = text.split()
     assert len(words) >= 5 and all(w.isascii() for w in words)
+
+
+# What transformers 5.17's GGUF reader writes for the bundled file's BPE tokenizer
+GGUF_READER_DECODER = {"type": "Sequence", "decoders": [
+    {"type": "ByteFallback"}, {"type": "Fuse"}, {"type": "Replace", "pattern": {"String": "\u2581"}, "content": " "},
+    {"type": "ByteLevel", "add_prefix_space": True, "trim_offsets": True, "use_regex": True}]}
+
+
+def test_the_converted_tokenizer_has_smollm2s_byte_level_decoder_and_decodes_the_same(tmp_path):
+    """llama.cpp's convert_hf_to_gguf.py tells BPE from SentencePiece by the decoder (notebooks/06_gguf's recipe)."""
+    converted = Path(models.resolve().path) / "tokenizer.json"
+    assert json.loads(converted.read_text())["decoder"]["type"] == "ByteLevel"
+    stale = tmp_path / "tokenizer.json"
+    stale.write_text(json.dumps(json.loads(converted.read_text()) | {"decoder": GGUF_READER_DECODER}))
+    before = Tokenizer.from_file(str(stale))
+    models.use_byte_level_decoder(stale)
+    after = Tokenizer.from_file(str(stale))
+    assert json.loads(stale.read_text())["decoder"] == json.loads(converted.read_text())["decoder"]
+    ids = list(range(before.get_vocab_size()))
+    assert [before.decode([i]) for i in ids] == [after.decode([i]) for i in ids]
+    assert before.decode(ids[:5000]) == after.decode(ids[:5000])
 
 
 def test_unknown_model_offline_says_what_to_do():
