@@ -587,7 +587,10 @@ print("GPTQ    :", generate(gptq_model, tokenizer, messages, max_new_tokens=30))
 # paper), so the GPTQ line is the number `make run` reports for this checkpoint. The RTN model is the baseline with
 # our from-scratch `rtn_quantize` applied to the same layers on the same grid (4 bits, the same groups,
 # symmetric): *fake* quantization, the rounded weights kept as floats, so it measures the rounding and not a
-# kernel. The GPTQ model runs gptqmodel's kernel on the packed weights.
+# kernel. The GPTQ model runs gptqmodel's kernel on the packed weights. So does the library's RTN on the same grid,
+# gptqmodel's `RTNConfig`, which `make run` measures as `rtn-int4`: `methods.get("rtn-int4").build` quantizes it
+# (a few seconds) into the cache folder `make run` reads, or loads it from there. It should land within a few
+# hundredths of our RTN: the same rounding, computed by another kernel.
 
 # %% tags=["nbval-ignore-output"]
 from quantlab import evaluate
@@ -600,12 +603,16 @@ with torch.no_grad():
         if memory.is_quantized_by_default(name, module):  # every Linear but the output head, as GPTQ
             module.weight.copy_(rtn_quantize(module.weight, BITS, settings.group_size, sym=True))
 
+rtn_settings = compare.settings_for(DEVICE, False, AutoConfig.from_pretrained(source.path), "rtn-int4")
+rtn_library = methods.get("rtn-int4").build(source, rtn_settings).model
+
 GRID = f"int4 g{settings.group_size} sym"
 perplexities = {}
-for name, m in (("baseline", model), (f"RTN {GRID}", rtn_model), (f"GPTQ {GRID}", gptq_model)):
+for name, m in (("baseline", model), (f"RTN {GRID}", rtn_model), (f"RTN {GRID} gptqmodel", rtn_library),
+                (f"GPTQ {GRID}", gptq_model)):
     with timed() as t:
         perplexities[name] = evaluate.perplexity(m, eval_ids, seq_len=protocol.seq_len)
-    print(f"{name:18s} {perplexities[name].ppl:7.2f}   ({t.seconds:.0f} s)")
+    print(f"{name:27s} {perplexities[name].ppl:7.2f}   ({t.seconds:.0f} s)")
 print(perplexities["baseline"].protocol, f"on {protocol.eval_tokens} tokens")
 
 # %%

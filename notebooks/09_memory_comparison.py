@@ -28,7 +28,7 @@
 #
 # | runtime | CPU (2 cores) | GPU |
 # |---|---|---|
-# | this notebook | 8.7 min (the committed run, 2-core CPU, 2026-12-07) | 5.4 min (nbval on an NVIDIA H200, 2026-11-28) |
+# | this notebook | 6.9 min (the committed run, 2-core CPU, 2026-12-07) | 5.4 min (nbval on an NVIDIA H200, 2026-11-28) |
 #
 # Every number in this notebook is measured when you run the cell, on your hardware. Nothing is typed in.
 

@@ -29,11 +29,11 @@
 # - the KV cache: how its bytes grow with the context until they outweigh the weights, how transformers'
 #   quantized cache shrinks it (measured bytes against the arithmetic), and what that costs in perplexity;
 # - FP8, HQQ and the quantized cache in `quantlab compare`, beside the methods of notebooks 03-09.
-# - HQQ and the quantized KV cache as one-cell recipes to copy.
+# - HQQ weights and a quantized KV cache together, as a one-cell recipe to copy.
 #
 # | runtime | CPU (2 cores) | GPU |
 # |---|---|---|
-# | this notebook | 1.8 min (the committed run, 2-core CPU, 2026-12-04) | 3.2 min (nbval on an NVIDIA H100 80GB HBM3, 2026-12-07) |
+# | this notebook | 2.1 min (the committed run, 2-core CPU, 2026-12-07) | 3.2 min (nbval on an NVIDIA H100 80GB HBM3, 2026-12-07) |
 #
 # Every number in this notebook is computed or measured when you run the cell. Nothing is typed in.
 
@@ -694,17 +694,19 @@ check("exercise 3", e5m2_of_300, decode_tensor(encode(torch.tensor([300.0]), E5M
 
 
 # %% [markdown]
-# ## Recipes: HQQ and a quantized KV cache, one cell each
-# The notebook's last cells, because run here they take over names such as `model` and `tokenizer`. Each runs
-# alone in a fresh Python, with nothing from this notebook or from quantlab (`tests/test_recipes.py` runs them so),
-# with the settings of `quantlab compare`. `MODEL` is the float checkpoint this series converted from the bundled
-# GGUF; put a folder of your own or a hub id there.
-#
-# HQQ 4-bit, groups of 64, no calibration data. transformers 5.17's `HqqConfig` cannot quantize on load
-# (`from_pretrained` raises "QuantizationMethod.HQQ is not available yet"), so hqq's own model API quantizes the
-# loaded model in place, with the settings `HqqConfig(nbits=4, group_size=64)` stands for:
+# ## Recipe: HQQ weights and a quantized KV cache, in one cell
+# The notebook's last cell, because run here it takes over names such as `model` and `tokenizer`. It runs alone in
+# a fresh Python, with nothing from this notebook or from quantlab (`tests/test_recipes.py` runs it so), with the
+# settings of `quantlab compare`. `MODEL` is the float checkpoint this series converted from the bundled GGUF; put
+# a folder of your own or a hub id there. The two methods compose, so the cell generates twice:
+# - with the float weights and a 4-bit KV cache: transformers' `QuantizedCache` on hqq's quantizer, groups of 64
+#   along the head dimension, the newest tokens kept in full precision until a block of them is quantized
+#   (`residual_length`, 128 by default); `nbits=8` for the 8-bit cache;
+# - then with HQQ 4-bit weights, groups of 64, no calibration data. transformers 5.17's `HqqConfig` cannot quantize
+#   on load (`from_pretrained` raises "QuantizationMethod.HQQ is not available yet"), so hqq's own model API
+#   quantizes the loaded model in place, with the settings `HqqConfig(nbits=4, group_size=64)` stands for.
 
-# %% tags=["recipe", "nbval-skip"]
+# %% tags=["recipe", "nbval-skip", "progress-bar", "stderr-expected"]
 import logging
 from pathlib import Path
 
@@ -713,32 +715,6 @@ logging.getLogger("torch.utils._pytree").setLevel(logging.ERROR)  # torch deprec
 import torch
 from hqq.core.quantize import BaseQuantizeConfig
 from hqq.models.hf.base import AutoHQQHFModel
-from transformers import AutoModelForCausalLM, AutoTokenizer
-
-MODEL = Path.home() / ".cache/quantlab/SmolLM2-135M-Instruct-from-Q4_1-gguf"  # or "HuggingFaceTB/SmolLM2-135M-Instruct"
-DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
-DTYPE = torch.float32  # on a CPU; on a GPU bfloat16 where it has it (compute capability 8.0+), else float16 (a T4)
-if DEVICE == "cuda":
-    DTYPE = torch.bfloat16 if torch.cuda.get_device_capability()[0] >= 8 else torch.float16
-PROMPT = "Machine learning models can be compressed by"
-
-tokenizer = AutoTokenizer.from_pretrained(MODEL)
-model = AutoModelForCausalLM.from_pretrained(MODEL, dtype=DTYPE, device_map=DEVICE)
-AutoHQQHFModel.quantize_model(model, quant_config=BaseQuantizeConfig(nbits=4, group_size=64, axis=1),
-                              compute_dtype=DTYPE, device=DEVICE)
-inputs = tokenizer(PROMPT, return_tensors="pt").to(DEVICE)
-output = model.generate(**inputs, max_new_tokens=20, do_sample=False)
-print(tokenizer.decode(output[0], skip_special_tokens=True))
-
-# %% [markdown]
-# The float model with a 4-bit KV cache: transformers' `QuantizedCache` on hqq's quantizer, groups of 64 along
-# the head dimension, the newest tokens kept in full precision until a block of them is quantized
-# (`residual_length`, 128 by default). `nbits=8` for the 8-bit cache.
-
-# %% tags=["recipe", "nbval-skip"]
-from pathlib import Path
-
-import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, QuantizedCache
 
 MODEL = Path.home() / ".cache/quantlab/SmolLM2-135M-Instruct-from-Q4_1-gguf"  # or "HuggingFaceTB/SmolLM2-135M-Instruct"
@@ -750,7 +726,16 @@ PROMPT = "Machine learning models can be compressed by"
 
 tokenizer = AutoTokenizer.from_pretrained(MODEL)
 model = AutoModelForCausalLM.from_pretrained(MODEL, dtype=DTYPE, device_map=DEVICE)
-cache = QuantizedCache(backend="hqq", config=model.config, nbits=4, q_group_size=64)
 inputs = tokenizer(PROMPT, return_tensors="pt").to(DEVICE)
-output = model.generate(**inputs, past_key_values=cache, max_new_tokens=20, do_sample=False)
-print(tokenizer.decode(output[0], skip_special_tokens=True))
+
+
+def generate_with_a_4bit_cache():
+    cache = QuantizedCache(backend="hqq", config=model.config, nbits=4, q_group_size=64)  # a fresh one per call
+    output = model.generate(**inputs, past_key_values=cache, max_new_tokens=20, do_sample=False)
+    return tokenizer.decode(output[0], skip_special_tokens=True)
+
+
+print("float weights, 4-bit KV cache:", generate_with_a_4bit_cache())
+AutoHQQHFModel.quantize_model(model, quant_config=BaseQuantizeConfig(nbits=4, group_size=64, axis=1),
+                              compute_dtype=DTYPE, device=DEVICE)
+print("HQQ 4-bit weights, 4-bit KV cache:", generate_with_a_4bit_cache())

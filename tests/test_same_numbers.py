@@ -1,9 +1,9 @@
 """The committed notebooks agree with the harness: a method's own notebook and notebook 09 (`quantlab compare`)
 print the same perplexity for the same checkpoint on the same protocol (issue: one source of truth).
 
-Notebook 03 quantizes GPTQ and notebook 05 AWQ with the harness's settings into the harness's cache folders, and
-both evaluate with `quantlab.compare.Protocol`, so on the machine that executed them the numbers must match to
-the printed decimals. A re-execution of one notebook alone, on other hardware or with other settings, fails here.
+Notebook 03 quantizes GPTQ and RTN (gptqmodel's) and notebook 05 AWQ with the harness's settings into the
+harness's cache folders, and both evaluate with `quantlab.compare.Protocol`, so on the machine that executed them
+the numbers must match to the printed decimals. A re-execution of one notebook alone, on other hardware or with other settings, fails here.
 """
 
 import json
@@ -35,6 +35,7 @@ def harness_perplexity(method: str) -> float:
 
 @pytest.mark.parametrize("notebook, pattern, method", [
     ("03_gptq.ipynb", r"^GPTQ int4 g\d+ sym\s+([\d.]+)", "gptq-int4"),
+    ("03_gptq.ipynb", r"^RTN int4 g\d+ sym gptqmodel\s+([\d.]+)", "rtn-int4"),
     ("05_awq.ipynb", r"^AWQ\s+([\d.]+)", "awq-int4"),
 ])
 def test_notebook_and_harness_print_the_same_perplexity(notebook, pattern, method):
