@@ -3,7 +3,8 @@ print the same perplexity for the same checkpoint on the same protocol (issue: o
 
 Notebook 03 quantizes GPTQ and RTN (gptqmodel's) and notebook 05 AWQ with the harness's settings into the
 harness's cache folders, and both evaluate with `quantlab.compare.Protocol`, so on the machine that executed them
-the numbers must match to the printed decimals. A re-execution of one notebook alone, on other hardware or with other settings, fails here.
+the numbers must match to the printed decimals. A re-execution of one notebook alone, on other hardware or with
+other settings, fails here.
 """
 
 import json
