@@ -29,7 +29,7 @@
 #
 # | runtime | CPU (2 cores) | GPU |
 # |---|---|---|
-# | this notebook | 3.1 min (the committed run, 2-core CPU, 2026-12-07) | 2.3 min (nbval on an NVIDIA H200, 2026-11-28) |
+# | this notebook | 2.7 min (the committed run, 2-core CPU, 2026-12-08) | 2.3 min (nbval on an NVIDIA H200, 2026-11-28) |
 #
 # Every number in this notebook is computed or measured when you run the cell. Nothing is typed in.
 
@@ -73,13 +73,11 @@ warnings.filterwarnings("ignore", message=".*[Dd]equantiz.*")
 # `MODEL_ID = None` means the series' default model, **SmolLM2-135M-Instruct** (a Llama architecture, which
 # `quantlab.ggml.write_gguf` can convert). Online you can pass another Llama-architecture checkpoint such as
 # `"TinyLlama/TinyLlama-1.1B-Chat-v1.0"`; the guide's `"facebook/opt-125m"` is not a Llama and needs llama.cpp's
-# own `convert_hf_to_gguf.py`. On CPU we score perplexity on 1024 tokens in 512-token windows; raise
-# `N_EVAL_TOKENS` on a GPU.
+# own `convert_hf_to_gguf.py`. Perplexity follows the protocol of `quantlab compare` (`compare.Protocol`: 2048
+# tokens on a CPU, 16384 on a GPU, in 512-token windows), so section 4's numbers are the ones `make run` reports.
 
 # %%
 MODEL_ID = None
-N_EVAL_TOKENS = 1024
-SEQ_LEN = 512
 LLAMA_CPP_THREADS = None  # None: one per physical core (half the logical CPUs), as llama-cpp-python does
 
 # %%
@@ -391,18 +389,26 @@ print(f"share of matrix weights that can be K-quantized: {share:.1%}")
 #
 # gguf-py quantizes the 32-weight types only. For K-quants we write an F16 file and hand it to llama.cpp's own
 # quantizer (`llama_model_quantize`, the code behind the `llama-quantize` tool), through llama-cpp-python.
+#
+# The F16 file goes into this notebook's folder. The quantized ones go where `make run` (`quantlab compare`) keeps
+# its GGUF checkpoints: `methods.gguf_file` calls `ggml.write_gguf` (and, for Q4_K_M, llama.cpp's quantizer on an
+# F16 file of its own) into the cache folder of the harness's settings, or reads the file from there if it exists,
+# so this notebook and `make run` share one file per type and report the same perplexity for it.
 
 # %% tags=["nbval-ignore-output"]
-files = {}
-for qtype in ("F16", "Q8_0", "Q4_0"):
-    with timed() as t:
-        files[qtype] = ggml.write_gguf(checkpoint, WORK / f"model-{qtype}.gguf", qtype)
-    print(f"write_gguf {qtype}: {t.seconds:.1f} s")
-if HAS_LLAMA_CPP:
-    with timed() as t:
-        files["Q4_K_M"] = ggml.quantize_with_llama_cpp(files["F16"], WORK / "model-Q4_K_M.gguf", "Q4_K_M")
-    print(f"llama.cpp Q4_K_M: {t.seconds:.1f} s")
-else:
+from transformers import AutoConfig
+
+from quantlab import compare, methods
+
+source = models.resolve(MODEL_ID)
+settings = compare.settings_for(models.default_device(), False, AutoConfig.from_pretrained(source.path), "gguf-q8_0")
+with timed() as t:
+    files = {"F16": ggml.write_gguf(checkpoint, WORK / "model-F16.gguf", "F16")}
+print(f"write_gguf F16: {t.seconds:.1f} s")
+for qtype in ("Q8_0", "Q4_0", "Q4_K_M") if HAS_LLAMA_CPP else ("Q8_0", "Q4_0"):
+    files[qtype], seconds = methods.gguf_file(source, settings, qtype)
+    print(f"{qtype}: {seconds:.1f} s (read from the cache if made before)")
+if not HAS_LLAMA_CPP:
     print("llama.cpp Q4_K_M:", NO_LLAMA_CPP)
 
 # %% [markdown]
@@ -426,7 +432,7 @@ print(pd.DataFrame(summary).to_string(index=False))
 # embedding). llama.cpp prints one warning per fallback. Because of the fallbacks the file is *larger* than our
 # Q4_0 file here.
 #
-# Our files load in transformers like any GGUF. Perplexity on 1024 tokens of Shakespeare (the eval split of
+# Our files load in transformers like any GGUF. Perplexity on the harness's protocol, Shakespeare (the eval split of
 # `quantlab.data`), 512-token windows, against the float checkpoint. Remember that offline the "float" baseline
 # was itself rebuilt from the bundled Q4_1 file (notebook 01), so it already carries Q4_1 rounding.
 
@@ -434,14 +440,15 @@ print(pd.DataFrame(summary).to_string(index=False))
 from quantlab.data import eval_token_ids
 
 baseline, tokenizer = models.load(MODEL_ID)
-eval_ids = eval_token_ids(tokenizer, N_EVAL_TOKENS)
-results = {"float checkpoint": perplexity(baseline, eval_ids, seq_len=SEQ_LEN).ppl}
+protocol = compare.Protocol.for_device(models.default_device())
+eval_ids = eval_token_ids(tokenizer, protocol.eval_tokens)
+results = {"float checkpoint": perplexity(baseline, eval_ids, seq_len=protocol.seq_len).ppl}
 for qtype, path in files.items():
     if qtype == "F16":
         continue  # the float checkpoint, above
     with timed() as t:
         model = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, dtype=dtype).to(baseline.device)
-    results[f"GGUF {qtype}"] = perplexity(model, eval_ids, seq_len=SEQ_LEN).ppl
+    results[f"GGUF {qtype}"] = perplexity(model, eval_ids, seq_len=protocol.seq_len).ppl
     print(f"{qtype}: loaded (dequantized) in {t.seconds:.1f} s, {weight_bytes(model) / MB:.0f} MB of weights in memory")
     del model
 print()
@@ -451,7 +458,7 @@ for name, ppl in results.items():
 # %% [markdown]
 # Q8_0 costs next to nothing; Q4_0 costs clearly more; Q4_K_M lands in between, helped by its error-minimising
 # scales but also, for this model, by its fallbacks: it spends more bits per weight than Q4_0 (table above).
-# (Differences in the second decimal are noise at 1024 tokens.)
+# (Differences in the second decimal are noise at 2048 tokens.)
 #
 # ## 5. Where GGUF is used: llama.cpp on the CPU
 # llama.cpp keeps the blocks quantized in memory and multiplies with them directly, so memory really is the

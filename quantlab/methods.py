@@ -514,33 +514,44 @@ def _load_gguf(target: Path, s: Settings, seconds: float, note: str = GGUF_NOTE)
     return Built(model, seconds, target / "model.gguf", note, stored_bytes=stored)
 
 
+def gguf_file(src: ModelSource, s: Settings, qtype: str) -> tuple[Path, float]:
+    """The cached ``model.gguf`` of ``qtype`` and the seconds it took to write (notebooks/06_gguf writes the same
+    files). Q8_0, Q4_0, ...: gguf-py's blocks (:func:`quantlab.ggml.write_gguf`); a K-quant such as Q4_K_M: an F16
+    file from it, quantized by llama.cpp's own quantizer (through llama-cpp-python), the F16 file then deleted."""
+
+    def write(out: Path) -> None:
+        if "_K" not in qtype.upper():
+            ggml.write_gguf(src.path, out / "model.gguf", qtype)
+            return
+        f16 = ggml.write_gguf(src.path, out / "model-F16.gguf", "F16")
+        ggml.quantize_with_llama_cpp(f16, out / "model.gguf", qtype)
+        f16.unlink()
+
+    target = quantized_dir(src, f"gguf-{qtype.lower()}", s)
+    seconds = cached_or_quantize(target, write)
+    return target / "model.gguf", seconds
+
+
 def _gguf_builder(qtype: str):
     """Write a GGUF with gguf-py (quantlab.ggml.write_gguf), load it back through transformers."""
 
     def build(src: ModelSource, s: Settings) -> Built:
-        target = quantized_dir(src, f"gguf-{qtype.lower()}", s)
-        seconds = cached_or_quantize(target, lambda out: ggml.write_gguf(src.path, out / "model.gguf", qtype))
-        return _load_gguf(target, s, seconds)
+        path, seconds = gguf_file(src, s, qtype)
+        return _load_gguf(path.parent, s, seconds)
 
     return build
 
 
 def _llama_cpp_builder(ftype: str):
-    """A K-quant (Q4_K_M, ...): an F16 GGUF from gguf-py, quantized by llama.cpp's own quantizer (through
-    llama-cpp-python, as in notebooks/06), loaded back through transformers."""
+    """A K-quant (Q4_K_M, ...) made by llama.cpp's own quantizer (:func:`gguf_file`), loaded back through
+    transformers."""
 
     def build(src: ModelSource, s: Settings) -> Built:
-        def quantize(out: Path) -> None:
-            f16 = ggml.write_gguf(src.path, out / "model-F16.gguf", "F16")
-            ggml.quantize_with_llama_cpp(f16, out / "model.gguf", ftype)
-            f16.unlink()
-
-        target = quantized_dir(src, f"gguf-{ftype.lower()}", s)
-        seconds = cached_or_quantize(target, quantize)
-        types = sorted({row.type_name for row in _cached_gguf_rows(target)})
+        path, seconds = gguf_file(src, s, ftype)
+        types = sorted({row.type_name for row in _cached_gguf_rows(path.parent)})
         note = (f"{GGUF_NOTE}; {ftype} mixes tensor types ({', '.join(types)}: rows that are not a multiple of "
                 f"256 fall back to 32-weight types), so the file differs from the {ftype.split('_')[0]} estimate")
-        return _load_gguf(target, s, seconds, note)
+        return _load_gguf(path.parent, s, seconds, note)
 
     return build
 

@@ -1,10 +1,10 @@
 """The committed notebooks agree with the harness: a method's own notebook and notebook 09 (`quantlab compare`)
 print the same perplexity for the same checkpoint on the same protocol (issue: one source of truth).
 
-Notebook 03 quantizes GPTQ and RTN (gptqmodel's) and notebook 05 AWQ with the harness's settings into the
-harness's cache folders, and both evaluate with `quantlab.compare.Protocol`, so on the machine that executed them
-the numbers must match to the printed decimals. A re-execution of one notebook alone, on other hardware or with
-other settings, fails here.
+Notebook 03 quantizes GPTQ and RTN (gptqmodel's), notebook 05 AWQ and notebook 06 the GGUF files with the
+harness's settings into the harness's cache folders, and all three evaluate with `quantlab.compare.Protocol`, so
+on the machine that executed them the numbers must match to the printed decimals. A re-execution of one notebook
+alone, on other hardware or with other settings, fails here.
 """
 
 import json
@@ -38,6 +38,9 @@ def harness_perplexity(method: str) -> float:
     ("03_gptq.ipynb", r"^GPTQ int4 g\d+ sym\s+([\d.]+)", "gptq-int4"),
     ("03_gptq.ipynb", r"^RTN int4 g\d+ sym gptqmodel\s+([\d.]+)", "rtn-int4"),
     ("05_awq.ipynb", r"^AWQ\s+([\d.]+)", "awq-int4"),
+    ("06_gguf.ipynb", r"^GGUF Q8_0\s+perplexity ([\d.]+)", "gguf-q8_0"),
+    ("06_gguf.ipynb", r"^GGUF Q4_0\s+perplexity ([\d.]+)", "gguf-q4_0"),
+    ("06_gguf.ipynb", r"^GGUF Q4_K_M\s+perplexity ([\d.]+)", "gguf-q4_k_m"),
 ])
 def test_notebook_and_harness_print_the_same_perplexity(notebook, pattern, method):
     match = re.search(pattern, output_text(notebook), flags=re.MULTILINE)
