@@ -514,13 +514,18 @@ def _load_gguf(target: Path, s: Settings, seconds: float, note: str = GGUF_NOTE)
     return Built(model, seconds, target / "model.gguf", note, stored_bytes=stored)
 
 
+def is_k_quant(qtype: str) -> bool:
+    """Q4_K_M, Q6_K, ...: 256-weight super-blocks, which only llama.cpp's quantizer writes (notebooks/06_gguf)."""
+    return "_K" in qtype.upper()
+
+
 def gguf_file(src: ModelSource, s: Settings, qtype: str) -> tuple[Path, float]:
     """The cached ``model.gguf`` of ``qtype`` and the seconds it took to write (notebooks/06_gguf writes the same
     files). Q8_0, Q4_0, ...: gguf-py's blocks (:func:`quantlab.ggml.write_gguf`); a K-quant such as Q4_K_M: an F16
     file from it, quantized by llama.cpp's own quantizer (through llama-cpp-python), the F16 file then deleted."""
 
     def write(out: Path) -> None:
-        if "_K" not in qtype.upper():
+        if not is_k_quant(qtype):
             ggml.write_gguf(src.path, out / "model.gguf", qtype)
             return
         f16 = ggml.write_gguf(src.path, out / "model-F16.gguf", "F16")
@@ -533,24 +538,16 @@ def gguf_file(src: ModelSource, s: Settings, qtype: str) -> tuple[Path, float]:
 
 
 def _gguf_builder(qtype: str):
-    """Write a GGUF with gguf-py (quantlab.ggml.write_gguf), load it back through transformers."""
+    """The cached GGUF of ``qtype`` (:func:`gguf_file`), loaded back through transformers; a K-quant's note names
+    the tensor types it mixes."""
 
     def build(src: ModelSource, s: Settings) -> Built:
         path, seconds = gguf_file(src, s, qtype)
-        return _load_gguf(path.parent, s, seconds)
-
-    return build
-
-
-def _llama_cpp_builder(ftype: str):
-    """A K-quant (Q4_K_M, ...) made by llama.cpp's own quantizer (:func:`gguf_file`), loaded back through
-    transformers."""
-
-    def build(src: ModelSource, s: Settings) -> Built:
-        path, seconds = gguf_file(src, s, ftype)
+        if not is_k_quant(qtype):
+            return _load_gguf(path.parent, s, seconds)
         types = sorted({row.type_name for row in _cached_gguf_rows(path.parent)})
-        note = (f"{GGUF_NOTE}; {ftype} mixes tensor types ({', '.join(types)}: rows that are not a multiple of "
-                f"256 fall back to 32-weight types), so the file differs from the {ftype.split('_')[0]} estimate")
+        note = (f"{GGUF_NOTE}; {qtype} mixes tensor types ({', '.join(types)}: rows that are not a multiple of "
+                f"256 fall back to 32-weight types), so the file differs from the {qtype.split('_')[0]} estimate")
         return _load_gguf(path.parent, s, seconds, note)
 
     return build
@@ -595,7 +592,7 @@ METHODS = [
     Method("gguf-q4_0", "GGUF Q4_0 written with gguf-py, loaded by transformers", "CPU or GPU",
            _gguf_format("Q4_0"), _gguf_builder("Q4_0"), ("gguf",), "pip install gguf==0.19.0"),
     Method("gguf-q4_k_m", "GGUF Q4_K_M (K-quant) made by llama.cpp's quantizer, loaded by transformers", "CPU or GPU",
-           _gguf_format("Q4_K"), _llama_cpp_builder("Q4_K_M"), ("gguf", "llama_cpp"),
+           _gguf_format("Q4_K"), _gguf_builder("Q4_K_M"), ("gguf", "llama_cpp"),
            "pip install gguf==0.19.0 and " + LLAMA_CPP_HINT),
 ]
 # --- FP8 (torchao), HQQ and the quantized KV cache (notebooks/13_fp8_hqq_kv_cache) -------------------
