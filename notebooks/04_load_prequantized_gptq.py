@@ -27,7 +27,7 @@
 #
 # | runtime | CPU (2 cores) | GPU |
 # |---|---|---|
-# | this notebook | 18 s (the committed run, 2-core CPU, 2026-12-07) | 32 s (nbval on an NVIDIA H200, 2026-11-28) |
+# | this notebook | 20 s (the committed run, 2-core CPU, 2026-12-08) | 32 s (nbval on an NVIDIA H200, 2026-11-28) |
 #
 # Every number in this series is measured when you run the cell, on your hardware. Nothing is typed in.
 

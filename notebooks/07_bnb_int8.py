@@ -30,9 +30,10 @@
 #
 # | runtime | CPU (2 cores) | GPU |
 # |---|---|---|
-# | this notebook | 25 s (the committed run, 2-core CPU, 2026-12-04) | 67 s (nbval on an NVIDIA H200, 2026-11-28) |
+# | this notebook | 40 s (the committed run, 2-core CPU, 2026-12-08) | 67 s (nbval on an NVIDIA H200, 2026-11-28) |
 #
-# On a CPU this notebook evaluates little text (1024 tokens): bitsandbytes' 8-bit matmul is slow there.
+# On a CPU this notebook evaluates `quantlab compare`'s 2048 tokens (16384 on a GPU), few enough for bitsandbytes'
+# 8-bit matmul, which is slow there.
 # The parameters cell raises the sizes on a GPU.
 
 # %% [markdown]
@@ -74,15 +75,15 @@ logging.getLogger("bitsandbytes.autograd._functions").addFilter(
 # for example the guide's `"facebook/opt-350m"`. The token counts are small on a CPU and larger on a GPU.
 
 # %%
-from quantlab import models
+from quantlab import compare, models
 
 MODEL_ID = None
 DEVICE = models.default_device()
 ON_GPU = DEVICE == "cuda"
 THRESHOLD = 6.0  # LLM.int8()'s outlier threshold, bitsandbytes' and transformers' default
 SCAN_TOKENS = 2048 if ON_GPU else 512  # eval text for the activation scan
-PPL_TOKENS = 16384 if ON_GPU else 1024  # eval text for perplexity, in windows of SEQ_LEN
-SEQ_LEN = 512
+PROTOCOL = compare.Protocol.for_device(DEVICE)  # `quantlab compare`'s, so notebook 09 prints the same perplexity
+PPL_TOKENS, SEQ_LEN = PROTOCOL.eval_tokens, PROTOCOL.seq_len  # eval text for perplexity, in windows of SEQ_LEN
 
 # %% [markdown]
 # ## 1. Vector-wise absmax int8 and what an outlier does to it
@@ -454,7 +455,7 @@ for name, m, threshold in [("baseline", baseline, None), ("LLM.int8 (threshold 6
         set_threshold(m, threshold)
     with evaluate.timed() as t:
         results[name] = evaluate.perplexity(m, ppl_ids, seq_len=SEQ_LEN)
-    print(f"{name:24s} perplexity {results[name].ppl:8.2f}   {t.seconds / (PPL_TOKENS // SEQ_LEN):6.2f} s "
+    print(f"{name:24s} perplexity {results[name].ppl:8.3f}   {t.seconds / (PPL_TOKENS // SEQ_LEN):6.2f} s "
           f"per {SEQ_LEN}-token forward")
 set_threshold(model_8bit, THRESHOLD)
 print(results["baseline"])

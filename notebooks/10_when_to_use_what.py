@@ -27,7 +27,7 @@
 #
 # | runtime | CPU (2 cores) | GPU |
 # |---|---|---|
-# | this notebook | 6 s (the committed run, 2-core CPU, 2026-12-07) | 14 s (nbval on an NVIDIA H200, 2026-11-28) |
+# | this notebook | 8 s (the committed run, 2-core CPU, 2026-12-08) | 14 s (nbval on an NVIDIA H200, 2026-11-28) |
 #
 # Every number in this notebook is measured when you run it (or read from notebook 09's run). Nothing is typed in.
 

@@ -33,7 +33,7 @@
 #
 # | runtime | CPU (2 cores) | GPU |
 # |---|---|---|
-# | this notebook | 2.1 min (the committed run, 2-core CPU, 2026-12-07) | 3.2 min (nbval on an NVIDIA H100 80GB HBM3, 2026-12-07) |
+# | this notebook | 2.2 min (the committed run, 2-core CPU, 2026-12-08) | 3.2 min (nbval on an NVIDIA H100 80GB HBM3, 2026-12-07) |
 #
 # Every number in this notebook is computed or measured when you run the cell. Nothing is typed in.
 
@@ -474,7 +474,7 @@ print("from scratch within 5% of the hqq library at every width:", all(r <= 1.05
 # %% [markdown]
 # ### HQQ against round-to-nearest and GPTQ, same grid and group size
 # The same layer at 4, 3 and 2 bits: RTN on GPTQ's min-max grid (`quantlab.gptq.rtn_quantize`), GPTQ on that
-# grid with calibration inputs (`quantlab.gptq`, notebook 03: 8 × 256 tokens of the calibration plays), and HQQ.
+# grid with calibration inputs (`quantlab.gptq`, notebook 03: 8 × 256 tokens of the series' calibration text), and HQQ.
 # Two errors: of the weights, which HQQ optimises, and of the layer's *outputs* on held-out tokens, which is
 # what the model feels and what GPTQ optimises.
 
@@ -694,17 +694,24 @@ check("exercise 3", e5m2_of_300, decode_tensor(encode(torch.tensor([300.0]), E5M
 
 
 # %% [markdown]
-# ## Recipe: HQQ weights and a quantized KV cache, in one cell
+# ## Recipe: HQQ or FP8 weights and a quantized KV cache, in one cell
 # The notebook's last cell, because run here it takes over names such as `model` and `tokenizer`. It runs alone in
 # a fresh Python, with nothing from this notebook or from quantlab (`tests/test_recipes.py` runs it so), with the
 # settings of `quantlab compare`. `MODEL` is the float checkpoint this series converted from the bundled GGUF; put
-# a folder of your own or a hub id there. The two methods compose, so the cell generates twice:
+# a folder of your own or a hub id there. The weights and the cache are quantized apart, so the cell generates
+# four times, five on a GPU with FP8 tensor cores:
 # - with the float weights and a 4-bit KV cache: transformers' `QuantizedCache` on hqq's quantizer, groups of 64
 #   along the head dimension, the newest tokens kept in full precision until a block of them is quantized
-#   (`residual_length`, 128 by default); `nbits=8` for the 8-bit cache;
+#   (`residual_length`, 128 by default), and once with `nbits=8`, the 8-bit cache;
 # - then with HQQ 4-bit weights, groups of 64, no calibration data. transformers 5.17's `HqqConfig` cannot quantize
 #   on load (`from_pretrained` raises "QuantizationMethod.HQQ is not available yet"), so hqq's own model API
-#   quantizes the loaded model in place, with the settings `HqqConfig(nbits=4, group_size=64)` stands for.
+#   quantizes the loaded model in place, with the settings `HqqConfig(nbits=4, group_size=64)` stands for;
+# - then with FP8 weights, loaded afresh: torchao's `Float8WeightOnlyConfig` through transformers' `TorchAoConfig`
+#   (`make run`'s `fp8-wo`), E4M3 with one scale per row, no calibration data. torchao dequantizes them before
+#   each matmul, so they run anywhere, a CPU included, and save memory;
+# - on compute capability 8.9 or higher, FP8 weights *and* activations (`make run`'s `fp8-w8a8`,
+#   `Float8DynamicActivationFloat8WeightConfig`, per-row scales): the matmul on FP8 tensor cores. torchao refuses
+#   it elsewhere ("requires CUDA compute capability ≥8.9"), which is why `quantlab compare` measures FP8 only there.
 
 # %% tags=["recipe", "nbval-skip", "progress-bar", "stderr-expected"]
 import logging
@@ -715,7 +722,8 @@ logging.getLogger("torch.utils._pytree").setLevel(logging.ERROR)  # torch deprec
 import torch
 from hqq.core.quantize import BaseQuantizeConfig
 from hqq.models.hf.base import AutoHQQHFModel
-from transformers import AutoModelForCausalLM, AutoTokenizer, QuantizedCache
+from torchao.quantization import Float8DynamicActivationFloat8WeightConfig, Float8WeightOnlyConfig, PerRow
+from transformers import AutoModelForCausalLM, AutoTokenizer, QuantizedCache, TorchAoConfig
 
 MODEL = Path.home() / ".cache/quantlab/SmolLM2-135M-Instruct-from-Q4_1-gguf"  # or "HuggingFaceTB/SmolLM2-135M-Instruct"
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
@@ -729,13 +737,24 @@ model = AutoModelForCausalLM.from_pretrained(MODEL, dtype=DTYPE, device_map=DEVI
 inputs = tokenizer(PROMPT, return_tensors="pt").to(DEVICE)
 
 
-def generate_with_a_4bit_cache():
-    cache = QuantizedCache(backend="hqq", config=model.config, nbits=4, q_group_size=64)  # a fresh one per call
+def generate_with_a_quantized_cache(nbits=4):
+    cache = QuantizedCache(backend="hqq", config=model.config, nbits=nbits, q_group_size=64)  # a fresh one per call
     output = model.generate(**inputs, past_key_values=cache, max_new_tokens=20, do_sample=False)
     return tokenizer.decode(output[0], skip_special_tokens=True)
 
 
-print("float weights, 4-bit KV cache:", generate_with_a_4bit_cache())
+print("float weights, 8-bit KV cache:", generate_with_a_quantized_cache(nbits=8))
+print("float weights, 4-bit KV cache:", generate_with_a_quantized_cache())
 AutoHQQHFModel.quantize_model(model, quant_config=BaseQuantizeConfig(nbits=4, group_size=64, axis=1),
                               compute_dtype=DTYPE, device=DEVICE)
-print("HQQ 4-bit weights, 4-bit KV cache:", generate_with_a_4bit_cache())
+print("HQQ 4-bit weights, 4-bit KV cache:", generate_with_a_quantized_cache())
+model = AutoModelForCausalLM.from_pretrained(MODEL, quantization_config=TorchAoConfig(Float8WeightOnlyConfig()),
+                                             dtype=DTYPE, device_map=DEVICE)
+print("FP8 weights, 4-bit KV cache:", generate_with_a_quantized_cache())
+if DEVICE == "cuda" and torch.cuda.get_device_capability() >= (8, 9):  # FP8 tensor cores
+    w8a8 = Float8DynamicActivationFloat8WeightConfig(granularity=PerRow())  # weights and activations, per row
+    model = AutoModelForCausalLM.from_pretrained(MODEL, quantization_config=TorchAoConfig(w8a8), dtype=DTYPE,
+                                                 device_map=DEVICE)
+    print("FP8 weights and activations, 4-bit KV cache:", generate_with_a_quantized_cache())
+else:
+    print("FP8 weights and activations (W8A8): needs FP8 tensor cores (compute capability 8.9+), skipped here")

@@ -46,7 +46,7 @@ def build_parser() -> argparse.ArgumentParser:
     compare.add_argument("--methods", default=None,
                          help="comma-separated method names (default: all; see `quantlab env`)")
     compare.add_argument("--eval-text", default="shakespeare",
-                         help="evaluation text: shakespeare (offline), wikitext2 or c4 (online)")
+                         help="evaluation text: shakespeare or python-docs (offline), wikitext2 or c4 (online)")
     compare.add_argument("--out", default="results", help="output folder for results.json/.md and plots")
     compare.add_argument("--quick", action="store_true", help="small evaluation, for tests and smoke runs")
     compare.add_argument("--compile", action="store_true",

@@ -26,7 +26,7 @@ from pathlib import Path
 
 import torch
 
-from quantlab import ggml, memory
+from quantlab import data, ggml, memory
 from quantlab.errors import QuantlabError
 from quantlab.models import ModelSource, cache_dir, remove_abandoned_temp_dirs
 
@@ -37,7 +37,7 @@ class Settings:
 
     device: str = "cpu"
     dtype: str = "float32"  # the baseline's dtype; also the dtype of what stays unquantized
-    calib_source: str = "shakespeare"
+    calib_source: str = data.CALIBRATION_SOURCE
     calib_samples: int = 128
     calib_seq_len: int = 512
     seed: int = 0
@@ -260,8 +260,6 @@ def _load_cached(target: Path, settings: Settings, **kwargs):
 def _calibration_texts(src: ModelSource, settings: Settings) -> list[str]:
     from transformers import AutoTokenizer
 
-    from quantlab import data
-
     tokenizer = AutoTokenizer.from_pretrained(src.path)
     return data.calibration_texts(tokenizer, settings.calib_samples, settings.calib_seq_len, settings.seed,
                                   source=settings.calib_source)
@@ -296,14 +294,17 @@ def build_baseline(src: ModelSource, s: Settings) -> Built:
     return Built(model, None, Path(src.path) if Path(src.path).is_dir() else None)
 
 
-def _on_load_builder(make_config: Callable[[Settings], object]) -> Callable[[ModelSource, Settings], Built]:
-    """bitsandbytes and torchao quantize while loading; the load is timed as the quantization."""
+def _on_load_builder(make_config: Callable[[Settings], object],
+                     prepare: Callable = lambda model: model) -> Callable[[ModelSource, Settings], Built]:
+    """bitsandbytes and torchao quantize while loading; the load is timed as the quantization. ``prepare`` gets the
+    loaded model before anything runs it."""
 
     def build(src: ModelSource, s: Settings) -> Built:
         start = time.perf_counter()
         # on AVX512-BF16 CPUs bitsandbytes warns at import that the `kernels` package cannot fetch it a hub kernel
         with logger_level("bitsandbytes.backends.cpu.ops", logging.ERROR):
             model = _load_checkpoint(Path(src.path), s, dtype=s.torch_dtype, quantization_config=make_config(s))
+            model = prepare(model)
         seconds = time.perf_counter() - start
         with tempfile.TemporaryDirectory(prefix="quantlab-onload-") as saved:  # saved only to measure its size
             model.save_pretrained(saved)
@@ -318,6 +319,15 @@ def bnb_int8_config(s: Settings):
     from transformers import BitsAndBytesConfig
 
     return BitsAndBytesConfig(load_in_8bit=True)
+
+
+def _float32_cpu_path(model):
+    """bitsandbytes' 4-bit layers on their float32 path, where a CPU has AVX512-BF16 (notebooks/08_bnb_nf4_qlora:
+    there bitsandbytes repacks the weights at the first forward pass, which changes the outputs and breaks saving
+    and training), so that every CPU measures the same model as every other and as notebook 08."""
+    from quantlab.bnb_cpu import keep_float32_cpu_path
+
+    return keep_float32_cpu_path(model)
 
 
 def bnb_4bit_config(quant_type: str, double_quant: bool):
@@ -425,8 +435,6 @@ def awq_calibration(src: ModelSource, s: Settings) -> list[dict]:
     """
     from transformers import AutoTokenizer
 
-    from quantlab import data
-
     tokenizer = AutoTokenizer.from_pretrained(src.path)
     ids = data.calibration_token_ids(tokenizer, s.calib_samples, s.calib_seq_len, s.seed, source=s.calib_source)
     return [{"input_ids": row.tolist(), "attention_mask": [1] * len(row)} for row in ids]
@@ -475,11 +483,19 @@ def awq_checkpoint(src: ModelSource, s: Settings) -> tuple[Path, float]:
     return target, cached_or_quantize(target, quantize)
 
 
+def awq_dtype(device: str) -> torch.dtype:
+    """What an AWQ checkpoint's unquantized parts load in (notebooks/05_awq): float32 on a CPU, where bfloat16 matmuls
+    are several times slower; float16 on a GPU, which AWQ's GPU kernels compute in. gptqmodel saves bfloat16, which
+    transformers would otherwise keep."""
+    return torch.float32 if device == "cpu" else torch.float16
+
+
 def build_awq(src: ModelSource, s: Settings) -> Built:
     """The cached AWQ checkpoint (:func:`awq_checkpoint`), loaded with the kernel of :func:`awq_kernel`."""
     target, seconds = awq_checkpoint(src, s)
     config = awq_load_config(s.device)
-    return Built(_load_cached(target, s, **({"quantization_config": config} if config else {})), seconds, target)
+    model = _load_cached(target, s, dtype=awq_dtype(s.device), **({"quantization_config": config} if config else {}))
+    return Built(model, seconds, target)
 
 
 def rtn_config(s: Settings):
@@ -577,10 +593,11 @@ METHODS = [
     Method("bnb-int8", "bitsandbytes LLM.int8(): int8 weights, outlier features in 16 bit", "CPU or GPU",
            _fixed(memory.LLM_INT8), _on_load_builder(bnb_int8_config), ("bitsandbytes",), BNB_HINT),
     Method("bnb-nf4", "bitsandbytes NF4 with double quantization (the QLoRA config)", "CPU or GPU",
-           _fixed(memory.NF4_DOUBLE_QUANT), _on_load_builder(bnb_4bit_config("nf4", True)), ("bitsandbytes",),
-           BNB_HINT),
+           _fixed(memory.NF4_DOUBLE_QUANT), _on_load_builder(bnb_4bit_config("nf4", True), _float32_cpu_path),
+           ("bitsandbytes",), BNB_HINT),
     Method("bnb-fp4", "bitsandbytes FP4, no double quantization", "CPU or GPU",
-           _fixed(memory.NF4), _on_load_builder(bnb_4bit_config("fp4", False)), ("bitsandbytes",), BNB_HINT),
+           _fixed(memory.NF4), _on_load_builder(bnb_4bit_config("fp4", False), _float32_cpu_path), ("bitsandbytes",),
+           BNB_HINT),
     Method("rtn-int4", "round to nearest, int4 on GPTQ's grid (gptqmodel RTNConfig): the control", "CPU or GPU",
            _int4, build_rtn, ("gptqmodel",), GPTQMODEL_HINT),
     Method("gptq-int4", "GPTQ int4 via transformers GPTQConfig (optimum + gptqmodel)", "CPU or GPU",

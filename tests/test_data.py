@@ -1,4 +1,4 @@
-"""quantlab.data: the offline Shakespeare corpus, its split and the calibration windows."""
+"""quantlab.data: the offline corpora (Shakespeare, the Python docs), their splits and the calibration windows."""
 
 import re
 
@@ -58,13 +58,14 @@ def test_eval_token_ids_are_the_start_of_the_eval_text(tokenizer):
 
 
 def test_calibration_windows_are_seeded_and_match_the_texts(tokenizer):
-    windows = data.calibration_token_ids(tokenizer, n_samples=8, seq_len=64, seed=0)
-    assert windows.shape == (8, 64) and windows.dtype == torch.long
-    assert torch.equal(windows, data.calibration_token_ids(tokenizer, n_samples=8, seq_len=64, seed=0))
-    assert not torch.equal(windows, data.calibration_token_ids(tokenizer, n_samples=8, seq_len=64, seed=1))
-    assert len({tuple(w.tolist()) for w in windows}) == 8
-    texts = data.calibration_texts(tokenizer, n_samples=8, seq_len=64, seed=0)
-    assert texts == tokenizer.batch_decode(windows)
+    def windows(seed):
+        return data.calibration_token_ids(tokenizer, n_samples=8, seq_len=64, seed=seed, source="shakespeare")
+
+    assert windows(0).shape == (8, 64) and windows(0).dtype == torch.long
+    assert torch.equal(windows(0), windows(0)) and not torch.equal(windows(0), windows(1))
+    assert len({tuple(w.tolist()) for w in windows(0)}) == 8
+    texts = data.calibration_texts(tokenizer, n_samples=8, seq_len=64, seed=0, source="shakespeare")
+    assert texts == tokenizer.batch_decode(windows(0))
     calibration = data.text("shakespeare", "calibration")
     assert all(text.strip()[:20] in calibration for text in texts)
 
@@ -82,3 +83,24 @@ def test_bad_arguments_say_what_to_do(tokenizer):
         data.calibration_token_ids(tokenizer, n_samples=10**6)
     with pytest.raises(QuantlabError, match="at most"):
         data.eval_token_ids(tokenizer, 10**8)
+    with pytest.raises(QuantlabError, match="only calibration"):
+        data.eval_token_ids(tokenizer, 10, source=data.CALIBRATION_SOURCE)
+    with pytest.raises(QuantlabError, match="at least 2 samples"):
+        data.calibration_token_ids(tokenizer, n_samples=1, source="shakespeare+python-docs")
+
+
+def test_python_docs_splits_share_no_paragraph_and_are_large_enough(tokenizer):
+    """Disjoint at the paragraph level (pydoc's topics repeat each other's text), and big enough for the GPU
+    protocol: 16384 evaluation tokens, and half of 128 x 512 calibration tokens in a joined source."""
+    evaluation, calibration = (set(data.python_docs_paragraphs(split)) for split in data.SPLITS)
+    assert evaluation and calibration and not evaluation & calibration
+    assert "Special method names" in data.text("python-docs", "eval")
+    assert len(data.token_ids(tokenizer, "python-docs", "eval")) >= 16384
+    assert len(data.token_ids(tokenizer, "python-docs", "calibration")) >= 64 * 512
+
+
+def test_a_joined_source_draws_half_its_windows_from_each(tokenizer):
+    joined = data.calibration_token_ids(tokenizer, n_samples=5, seq_len=64, source="shakespeare+python-docs")
+    assert torch.equal(joined[:3], data.calibration_token_ids(tokenizer, 3, 64, source="shakespeare"))
+    assert torch.equal(joined[3:], data.calibration_token_ids(tokenizer, 2, 64, source="python-docs"))
+    assert data.CALIBRATION_SOURCE == "shakespeare+python-docs"

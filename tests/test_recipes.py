@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 from notebook_code import ROOT, tagged_sources
 
-from quantlab import models
+from quantlab import methods, models
 
 MAX_LINES = 50
 MODEL_LINE = 'MODEL = Path.home() / ".cache/quantlab/SmolLM2-135M-Instruct-from-Q4_1-gguf"'
@@ -63,8 +63,27 @@ def workdir(tmp_path_factory) -> Path:
     return tmp_path_factory.mktemp("recipes")
 
 
+# The library call that makes each method of `quantlab compare` in a recipe; a method added to the registry needs
+# a recipe and a line here (test_every_method_of_the_harness_has_a_recipe). fp8-w8a8's step of notebook 13's recipe
+# runs only on a GPU of compute capability 8.9+ (torchao refuses it elsewhere); the others run on a CPU too.
+RECIPE_CALLS = {
+    "bnb-int8": "BitsAndBytesConfig(load_in_8bit=True", "bnb-nf4": 'bnb_4bit_quant_type="nf4"',
+    "bnb-fp4": 'bnb_4bit_quant_type="fp4"', "rtn-int4": "RTNConfig(", "gptq-int4": "GPTQConfig(",
+    "awq-int4": "AWQConfig(", "gguf-q8_0": '"Q8_0"', "gguf-q4_0": '"Q4_0"', "gguf-q4_k_m": '"Q4_K_M"',
+    "hqq-int4": "BaseQuantizeConfig(nbits=4", "fp8-wo": "Float8WeightOnlyConfig(",
+    "fp8-w8a8": "Float8DynamicActivationFloat8WeightConfig(", "kv-int8": "nbits=8", "kv-int4": "QuantizedCache(",
+}
+
+
 def test_the_series_has_recipes():
     assert {path.stem[:2] for path, _, _ in RECIPES} >= {"03", "04", "05", "06", "07", "08", "13"}
+
+
+@pytest.mark.parametrize("method", sorted(set(methods.REGISTRY) - {"baseline"}))
+def test_every_method_of_the_harness_has_a_recipe(method):
+    assert method in RECIPE_CALLS, f"{method} is new in quantlab.methods: write its recipe, and add it to RECIPE_CALLS"
+    assert any(RECIPE_CALLS[method] in source for _, _, source in RECIPES), (
+        f"no recipe calls {RECIPE_CALLS[method]!r}, which makes {method}: add it to its notebook's recipe")
 
 
 @pytest.mark.slow

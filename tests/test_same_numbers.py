@@ -2,9 +2,10 @@
 print the same perplexity for the same checkpoint on the same protocol (issue: one source of truth).
 
 Notebook 03 quantizes GPTQ and RTN (gptqmodel's), notebook 05 AWQ and notebook 06 the GGUF files with the
-harness's settings into the harness's cache folders, and all three evaluate with `quantlab.compare.Protocol`, so
-on the machine that executed them the numbers must match to the printed decimals. A re-execution of one notebook
-alone, on other hardware or with other settings, fails here.
+harness's settings into the harness's cache folders, notebooks 07 and 08 load bitsandbytes' models with the
+harness's configs (08's 4-bit layers on the float32 CPU path, as the harness's), and all of them evaluate with
+`quantlab.compare.Protocol`, so on the machine that executed them the numbers must match to the printed decimals.
+A re-execution of one notebook alone, on other hardware or with other settings, fails here.
 """
 
 import json
@@ -41,6 +42,9 @@ def harness_perplexity(method: str) -> float:
     ("06_gguf.ipynb", r"^GGUF Q8_0\s+perplexity ([\d.]+)", "gguf-q8_0"),
     ("06_gguf.ipynb", r"^GGUF Q4_0\s+perplexity ([\d.]+)", "gguf-q4_0"),
     ("06_gguf.ipynb", r"^GGUF Q4_K_M\s+perplexity ([\d.]+)", "gguf-q4_k_m"),
+    ("07_bnb_int8.ipynb", r"^LLM\.int8 \(threshold 6\)\s+perplexity\s+([\d.]+)", "bnb-int8"),
+    ("08_bnb_nf4_qlora.ipynb", r"^NF4 \+ double quant\s+perplexity\s+([\d.]+)", "bnb-nf4"),
+    ("08_bnb_nf4_qlora.ipynb", r"^FP4, no double quant\s+perplexity\s+([\d.]+)", "bnb-fp4"),
 ])
 def test_notebook_and_harness_print_the_same_perplexity(notebook, pattern, method):
     match = re.search(pattern, output_text(notebook), flags=re.MULTILINE)
