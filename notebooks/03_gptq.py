@@ -534,14 +534,14 @@ gptq_config = GPTQConfig(
 
 # %% [markdown]
 # Quantize and save like any model. GPTQ computes in float32 on a CPU, whose float16 matrix products are far
-# slower, and in float16 on a GPU (`methods.gptq_dtype`). `methods.cached_or_quantize` runs the function unless
+# slower, and in float16 on a GPU (`methods.int4_dtype`). `methods.cached_or_quantize` runs the function unless
 # the folder exists already, and keeps what the libraries print meanwhile (a progress bar per block) in
 # `quantize.log` beside the checkpoint.
 
 # %% tags=["nbval-ignore-output", "progress-bar"]
 def quantize_gptq(out_dir):
     quantized = AutoModelForCausalLM.from_pretrained(source.path, quantization_config=gptq_config,
-                                                     dtype=methods.gptq_dtype(DEVICE), device_map=DEVICE)
+                                                     dtype=methods.int4_dtype(DEVICE), device_map=DEVICE)
     quantized.save_pretrained(out_dir)
     tokenizer.save_pretrained(out_dir)
 

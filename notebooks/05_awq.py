@@ -416,7 +416,7 @@ print({k: quant_config[k] for k in ("quant_method", "bits", "group_size", "zero_
 # %% tags=["nbval-ignore-output"]
 from transformers import AutoModelForCausalLM
 
-AWQ_DTYPE = methods.awq_dtype(DEVICE)  # float32 on a CPU, float16 on a GPU; `quantlab compare` loads AWQ so too
+AWQ_DTYPE = methods.int4_dtype(DEVICE)  # float32 on a CPU, float16 on a GPU; `quantlab compare` loads AWQ so too
 kernel_choice = methods.awq_load_config(DEVICE)  # on a GPU older than 8.0: AwqConfig(backend="gemm_triton")
 awq_model = AutoModelForCausalLM.from_pretrained(checkpoint, dtype=AWQ_DTYPE, device_map=DEVICE,
                                                  **({"quantization_config": kernel_choice} if kernel_choice else {})).eval()

@@ -354,9 +354,10 @@ def gptq_block_groups(model_type: str) -> list[list[str]] | None:
     return LLAMA_BLOCK_GROUPS if model_type in LLAMA_STYLE else None
 
 
-def gptq_dtype(device: str) -> torch.dtype:
-    """What GPTQ quantizes in: float32 on a CPU, whose float16 matmuls are far slower; float16 on a GPU
-    (notebooks/03_gptq)."""
+def int4_dtype(device: str) -> torch.dtype:
+    """What GPTQ quantizes in, and what an AWQ checkpoint's unquantized parts load in (gptqmodel saves bfloat16,
+    which transformers would otherwise keep): float32 on a CPU, whose 16-bit matmuls are far slower; float16 on a
+    GPU, which the int4 kernels compute in (notebooks/03_gptq, 05_awq)."""
     return torch.float32 if device == "cpu" else torch.float16
 
 
@@ -373,7 +374,7 @@ def gptq_checkpoint(src: ModelSource, s: Settings) -> tuple[Path, float]:
         config = GPTQConfig(bits=4, group_size=s.group_size, dataset=_calibration_texts(src, s), tokenizer=tokenizer,
                             sym=True, modules_in_block_to_quantize=groups)
         model = AutoModelForCausalLM.from_pretrained(src.path, quantization_config=config,
-                                                     dtype=gptq_dtype(s.device), device_map=s.device)
+                                                     dtype=int4_dtype(s.device), device_map=s.device)
         model.save_pretrained(out)
         tokenizer.save_pretrained(out)
 
@@ -406,7 +407,7 @@ def build_rtn(src: ModelSource, s: Settings) -> Built:
     def quantize(out: Path) -> None:
         from gptqmodel import BACKEND, GPTQModel
 
-        dtype = "auto" if s.device == "cpu" else gptq_dtype(s.device)  # on a GPU GPTQ's float16: the same kernel
+        dtype = "auto" if s.device == "cpu" else int4_dtype(s.device)  # on a GPU GPTQ's float16: the same kernel
         model = GPTQModel.load(src.path, rtn_config(s), device=s.device, dtype=dtype)
         model.quantize(None, backend=BACKEND.AUTO)
         model.save(str(out))
@@ -483,18 +484,11 @@ def awq_checkpoint(src: ModelSource, s: Settings) -> tuple[Path, float]:
     return target, cached_or_quantize(target, quantize)
 
 
-def awq_dtype(device: str) -> torch.dtype:
-    """What an AWQ checkpoint's unquantized parts load in (notebooks/05_awq): float32 on a CPU, where bfloat16 matmuls
-    are several times slower; float16 on a GPU, which AWQ's GPU kernels compute in. gptqmodel saves bfloat16, which
-    transformers would otherwise keep."""
-    return torch.float32 if device == "cpu" else torch.float16
-
-
 def build_awq(src: ModelSource, s: Settings) -> Built:
     """The cached AWQ checkpoint (:func:`awq_checkpoint`), loaded with the kernel of :func:`awq_kernel`."""
     target, seconds = awq_checkpoint(src, s)
     config = awq_load_config(s.device)
-    model = _load_cached(target, s, dtype=awq_dtype(s.device), **({"quantization_config": config} if config else {}))
+    model = _load_cached(target, s, dtype=int4_dtype(s.device), **({"quantization_config": config} if config else {}))
     return Built(model, seconds, target)
 
 
